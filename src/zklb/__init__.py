@@ -1,0 +1,47 @@
+"""zklb: client-side load balancing for Python services that find each other through ZooKeeper.
+
+Servers register as ephemeral znodes (Apache Curator's x-discovery format); clients watch the registry
+and pick a server per request with a pluggable strategy::
+
+    from zklb import LoadBalancer
+
+    with LoadBalancer("127.0.0.1:2181", service="api", strategy="least_connections") as lb:
+        with lb.acquire() as server:
+            ...  # send the request to server.url
+
+See README.md and docs/ for the rest.
+"""
+
+from zklb.discovery import ServiceWatcher
+from zklb.errors import (
+    ClosedError,
+    InvalidInstance,
+    NoServerAvailable,
+    NotStarted,
+    RegistryError,
+    UnknownStrategy,
+    ZklbError,
+)
+from zklb.instance import ServiceInstance
+from zklb.membership import Membership
+from zklb.registry import Registration, Registry
+from zklb.stats import InstanceStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClosedError",
+    "InstanceStats",
+    "InvalidInstance",
+    "Membership",
+    "NoServerAvailable",
+    "NotStarted",
+    "Registration",
+    "Registry",
+    "RegistryError",
+    "ServiceInstance",
+    "ServiceWatcher",
+    "UnknownStrategy",
+    "ZklbError",
+    "__version__",
+]

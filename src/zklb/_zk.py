@@ -1,0 +1,149 @@
+"""The ZooKeeper edge: owning (or borrowing) a kazoo client, bounded retries, error translation.
+
+Private: the registry and the watcher use it; nothing above them imports kazoo.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import ConnectionLoss, OperationTimeoutError, SessionExpiredError
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.retry import KazooRetry
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from zklb.errors import ClosedError, RegistryError
+
+__all__ = ["TRANSIENT_ERRORS", "ClientHandle", "bounded_retry", "join_path"]
+
+log = logging.getLogger("zklb")
+
+T = TypeVar("T")
+
+#: Errors that mean "ZooKeeper is away right now", worth a bounded retry and a re-sync on reconnect.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionLoss,
+    OperationTimeoutError,
+    SessionExpiredError,
+    KazooTimeoutError,
+    TimeoutError,
+)
+
+#: How long one ZooKeeper request may take before it counts as failed.
+REQUEST_TIMEOUT = 10.0
+
+
+def bounded_retry(func: Callable[[], T], *, attempts: int = 3, deadline: float = 10.0) -> T:
+    """Call ``func``, retrying transient ZooKeeper errors a bounded number of times.
+
+    kazoo's own command retry is unbounded by default and would pin a thread through an outage; this one
+    gives up after ``attempts`` tries or ``deadline`` seconds and re-raises the last error.
+    """
+    retrying = Retrying(
+        retry=retry_if_exception_type(TRANSIENT_ERRORS),
+        stop=stop_after_attempt(attempts) | stop_after_delay(deadline),
+        wait=wait_random_exponential(multiplier=0.05, max=1.0),
+        reraise=True,
+    )
+    return retrying(func)
+
+
+def join_path(*parts: str) -> str:
+    """Join znode path parts with single slashes: ``join_path("/services/", "api")`` -> ``/services/api``."""
+    joined = "/".join(part.strip("/") for part in parts if part.strip("/"))
+    return "/" + joined
+
+
+def check_root(root: str) -> str:
+    """Return ``root`` normalised (absolute, no trailing slash), or raise ValueError."""
+    if not isinstance(root, str) or not root.startswith("/"):
+        raise ValueError(f"root must be an absolute znode path like '/services', got {root!r}")
+    return join_path(root)
+
+
+def check_service(service: str) -> str:
+    """Return ``service`` if it can name one znode, else raise ValueError."""
+    if not isinstance(service, str) or not service or "/" in service or service in (".", ".."):
+        raise ValueError(f"service name must be a non-empty znode name without '/', got {service!r}")
+    return service
+
+
+class ClientHandle:
+    """A kazoo client that zklb either owns (made from a hosts string) or borrows (passed in).
+
+    An owned client is created and started on first use and stopped by ``release()``; a borrowed one is
+    never started or stopped here. Several zklb components may share one handle; the owner counts users.
+    """
+
+    def __init__(self, client: str | KazooClient, *, session_timeout: float = 10.0) -> None:
+        if isinstance(client, str):
+            if not client.strip():
+                raise ValueError("ZooKeeper hosts must be a non-empty 'host:port[,host:port...]' string")
+            self._hosts: str | None = client
+            self._client: KazooClient | None = None
+        elif isinstance(client, KazooClient):
+            self._hosts = None
+            self._client = client
+        else:
+            raise TypeError(f"expected a hosts string or a kazoo KazooClient, got {type(client).__name__}")
+        self._session_timeout = session_timeout
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def owned(self) -> bool:
+        """True when zklb created this client and so stops it."""
+        return self._hosts is not None
+
+    def get(self, timeout: float = REQUEST_TIMEOUT) -> KazooClient:
+        """The client, created and connected first if zklb owns it and has not yet."""
+        with self._lock:
+            if self._closed:
+                raise ClosedError("this zklb component was closed; create a new one")
+            if self._client is not None:
+                return self._client
+            assert self._hosts is not None
+            client = KazooClient(
+                hosts=self._hosts,
+                timeout=self._session_timeout,
+                # Keep reconnecting forever (the point is to survive outages), but never let one
+                # command block for ever: commands go through bounded_retry instead.
+                connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=2.0),
+                command_retry=KazooRetry(max_tries=0),
+            )
+            try:
+                client.start(timeout=timeout)
+            except Exception as exc:
+                client.stop()
+                client.close()
+                raise RegistryError(
+                    f"could not connect to ZooKeeper at {self._hosts} within {timeout:g} s: {exc}"
+                ) from exc
+            self._client = client
+            return client
+
+    def peek(self) -> KazooClient | None:
+        """The client if it exists, without creating it."""
+        return self._client
+
+    def close(self) -> None:
+        """Stop and close the client if zklb owns it; a borrowed client is left alone. Idempotent."""
+        with self._lock:
+            self._closed = True
+            client, owned = self._client, self.owned
+        if client is not None and owned:
+            try:
+                client.stop()
+                client.close()
+            except Exception:  # closing must not fail the caller's shutdown
+                log.debug("error while stopping the kazoo client", exc_info=True)

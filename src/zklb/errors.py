@@ -1,0 +1,69 @@
+"""The exceptions zklb raises.
+
+Every error zklb raises on purpose derives from one root::
+
+    ZklbError
+    ├── InvalidInstance        a URL, host, port, weight or znode payload that is not a valid instance
+    ├── UnknownStrategy        a strategy name that is not registered (the message lists the valid ones)
+    ├── NoServerAvailable      the pool is empty, or every candidate was excluded
+    ├── RegistryError          ZooKeeper refused or failed a registry operation
+    ├── NotStarted             a component was used before ``start()``
+    └── ClosedError            a component was used after ``close()``
+
+ZooKeeper (kazoo) errors are translated at the edge, in the registry and watcher modules, with
+``raise ... from exc`` so the original stays on ``__cause__``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClosedError",
+    "InvalidInstance",
+    "NoServerAvailable",
+    "NotStarted",
+    "RegistryError",
+    "UnknownStrategy",
+    "ZklbError",
+]
+
+
+class ZklbError(Exception):
+    """Root of every exception zklb raises on purpose."""
+
+
+class InvalidInstance(ZklbError, ValueError):
+    """A service instance could not be built: bad URL, host, port, scheme, weight or znode payload."""
+
+
+class UnknownStrategy(ZklbError, LookupError):
+    """A strategy name that no strategy is registered under."""
+
+    def __init__(self, name: str, known: list[str] | tuple[str, ...]) -> None:
+        self.name = name
+        self.known = tuple(sorted(known))
+        super().__init__(f"unknown strategy {name!r}; valid names: {', '.join(self.known)}")
+
+
+class NoServerAvailable(ZklbError, LookupError):
+    """No instance can serve: the pool is empty or every instance was excluded."""
+
+    def __init__(
+        self, service: str, root: str = "/services", reason: str = "no instances registered"
+    ) -> None:
+        self.service = service
+        self.root = root
+        self.reason = reason
+        path = f"{root.rstrip('/')}/{service}"
+        super().__init__(f"no server available for service {service!r} at {path}: {reason}")
+
+
+class RegistryError(ZklbError):
+    """ZooKeeper refused or failed a registry operation (create, update, delete)."""
+
+
+class NotStarted(ZklbError, RuntimeError):
+    """A component was used before ``start()`` was called."""
+
+
+class ClosedError(ZklbError, RuntimeError):
+    """A component was used after ``close()``; components cannot be reopened."""

@@ -1,0 +1,59 @@
+"""Per-instance request statistics, fed by the outcomes of ``acquire()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["InstanceStats", "StatsRecorder"]
+
+#: Weight of the newest sample in the latency moving average.
+EWMA_ALPHA = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceStats:
+    """What the balancer has seen of one instance since it joined the pool (a snapshot)."""
+
+    in_flight: int
+    requests: int
+    failures: int
+    consecutive_failures: int
+    latency_ewma: float | None  # seconds; None until a request finished
+    last_latency: float | None
+
+
+class StatsRecorder:
+    """Mutable counters of one instance; owned by the balancer and updated under its lock. O(1) each."""
+
+    __slots__ = ("consecutive_failures", "failures", "last_latency", "latency_ewma", "requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.failures = 0
+        self.consecutive_failures = 0
+        self.latency_ewma: float | None = None
+        self.last_latency: float | None = None
+
+    def record(self, success: bool, latency: float | None) -> None:
+        """Count one finished request."""
+        self.requests += 1
+        if success:
+            self.consecutive_failures = 0
+        else:
+            self.failures += 1
+            self.consecutive_failures += 1
+        if latency is not None:
+            self.last_latency = latency
+            ewma = self.latency_ewma
+            self.latency_ewma = latency if ewma is None else ewma + EWMA_ALPHA * (latency - ewma)
+
+    def snapshot(self, in_flight: int) -> InstanceStats:
+        """A frozen copy, with the current in-flight count."""
+        return InstanceStats(
+            in_flight=in_flight,
+            requests=self.requests,
+            failures=self.failures,
+            consecutive_failures=self.consecutive_failures,
+            latency_ewma=self.latency_ewma,
+            last_latency=self.last_latency,
+        )
