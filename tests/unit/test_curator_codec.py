@@ -107,3 +107,16 @@ def test_malformed_documents_raise_invalid_instance_with_a_reason(data: bytes, r
     with pytest.raises(InvalidInstance) as info:
         codec.decode("api", "n1", data)
     assert reason in str(info.value)
+
+
+@pytest.mark.parametrize(("status", "served"), [("UP", True), ("OUT_OF_SERVICE", False), ("down", False)])
+def test_spring_instance_status_out_of_service_is_not_served(status: str, served: bool) -> None:
+    data = curator_doc(payload={"metadata": {"instance_status": status}})
+    assert (codec.decode("api", "n1", data) is not None) is served
+
+
+def test_uri_spec_names_the_port_curator_resolves_for_the_scheme() -> None:
+    http = json.loads(codec.encode("api", ServiceInstance.parse("http://h:80")))
+    https = json.loads(codec.encode("api", ServiceInstance.parse("https://h:443")))
+    assert http["uriSpec"]["parts"][-1] == {"value": "port", "variable": True}
+    assert https["uriSpec"]["parts"][-1] == {"value": "ssl-port", "variable": True}

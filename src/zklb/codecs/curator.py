@@ -1,7 +1,9 @@
 """Apache Curator x-discovery's JSON: the registry format zklb writes and reads by default.
 
-Curator, Spring Cloud Zookeeper and Dubbo 3 write and read this format, so Java and Python services find
-each other without configuration. Each instance is an ephemeral znode ``/<root>/<service>/<id>`` holding::
+Curator, Spring Cloud Zookeeper and Dubbo 3 write this format, so zklb serves their instances, and Java
+readers using Curator's ``ServiceDiscovery`` with payload type ``Object`` or ``Map`` see zklb's. (Spring
+Cloud Zookeeper's reader insists on its own payload class, so it cannot read instances without that
+``@class``; see docs/registry-format.md.) Each instance is an ephemeral znode ``/<root>/<service>/<id>`` holding::
 
     {"name": "api", "id": "<id>", "address": "10.0.0.2", "port": 8080, "sslPort": null,
      "payload": {"metadata": {"weight": "3", "zone": "a"}}, "registrationTimeUTC": 1700000000000,
@@ -31,16 +33,25 @@ MAX_ZNODE_BYTES = 64 * 1024
 _WEIGHT_KEY = "weight"
 _SCHEME_KEY = "scheme"
 
-# Curator's serialised form of the URI spec "{scheme}://{address}:{port}".
-_URI_SPEC = {
-    "parts": [
-        {"value": "scheme", "variable": True},
-        {"value": "://", "variable": False},
-        {"value": "address", "variable": True},
-        {"value": ":", "variable": False},
-        {"value": "port", "variable": True},
-    ]
-}
+
+def _uri_spec(port_variable: str) -> dict[str, list[dict[str, object]]]:
+    """Curator's serialised URI spec ``{scheme}://{address}:{<port_variable>}``."""
+    return {
+        "parts": [
+            {"value": "scheme", "variable": True},
+            {"value": "://", "variable": False},
+            {"value": "address", "variable": True},
+            {"value": ":", "variable": False},
+            {"value": port_variable, "variable": True},
+        ]
+    }
+
+
+# In Curator's URI specs {port} is always the plain port; an https instance's port is {ssl-port}.
+_HTTP_URI_SPEC = _uri_spec("port")
+_HTTPS_URI_SPEC = _uri_spec("ssl-port")
+#: Spring Cloud Zookeeper's status values that mean "registered but do not send traffic".
+_OUT_OF_SERVICE = frozenset({"OUT_OF_SERVICE", "DOWN"})
 
 
 def _metadata_from(payload: object) -> dict[str, str]:
@@ -94,14 +105,16 @@ class CuratorCodec:
             "payload": {"metadata": metadata},
             "registrationTimeUTC": int(registered.timestamp() * 1000),
             "serviceType": "DYNAMIC",
-            "uriSpec": _URI_SPEC,
+            "uriSpec": _HTTPS_URI_SPEC if secure else _HTTP_URI_SPEC,
         }
         return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
     def decode(self, service: str, name: str, data: bytes) -> ServiceInstance | None:
-        """The instance in znode ``name``, None when ``enabled`` is false; `InvalidInstance` if malformed.
+        """The instance in znode ``name``; `InvalidInstance` if malformed.
 
-        Unknown fields are ignored; a missing ``enabled`` means enabled; the znode name is the id.
+        None when it asks for no traffic: ``enabled`` false, or Spring Cloud's ``instance_status`` metadata
+        ``OUT_OF_SERVICE``/``DOWN``. Unknown fields are ignored; a missing ``enabled`` means enabled; the
+        znode name is the id.
         """
         if data is None or len(data) == 0:
             raise InvalidInstance("znode has no data")
@@ -124,6 +137,8 @@ class CuratorCodec:
         port = _optional_port(doc, "port")
         ssl_port = _optional_port(doc, "sslPort")
         metadata = _metadata_from(doc.get("payload"))
+        if metadata.get("instance_status", "UP").upper() in _OUT_OF_SERVICE:
+            return None
         # Curator's own URI spec resolves {scheme} to https whenever sslPort is set.
         scheme = metadata.pop(_SCHEME_KEY, None) or ("https" if ssl_port is not None else "http")
         if scheme not in SCHEMES:
