@@ -28,7 +28,9 @@ def fill(writer: KazooClient, path: str, service: str, count: int) -> None:
     pending = [
         writer.create_async(
             f"{path}/base{i:05d}",
-            codec.encode(service, ServiceInstance.parse(f"http://10.1.{i // 250}.{i % 250 + 1}:80", id=f"b{i}")),
+            codec.encode(
+                service, ServiceInstance.parse(f"http://10.1.{i // 250}.{i % 250 + 1}:80", id=f"b{i}")
+            ),
         )
         for i in range(count)
     ]
@@ -36,7 +38,9 @@ def fill(writer: KazooClient, path: str, service: str, count: int) -> None:
         result.get(timeout=30)
 
 
-def measure_zklb(hosts: str, writer: KazooClient, service: str, base: int, changes: int) -> tuple[list[float], float]:
+def measure_zklb(
+    hosts: str, writer: KazooClient, service: str, base: int, changes: int
+) -> tuple[list[float], float]:
     path = f"/services/{service}"
     fill(writer, path, service, base)
     target = [base]
@@ -114,8 +118,10 @@ def main() -> None:
                 zklb, reads = measure_zklb(ensemble.hosts, writer, f"zklb-{base}", base, args.changes)
                 ratio = statistics.median(zklb) / statistics.median(kazoo)
                 print(f"pool of {base:5d}: kazoo ChildrenWatch {summary(kazoo)}")
-                print(f"               zklb ServiceWatcher  {summary(zklb)}  ratio {ratio:.2f}x  "
-                      f"reads/change {reads:.2f}")
+                print(
+                    f"               zklb ServiceWatcher  {summary(zklb)}  ratio {ratio:.2f}x  "
+                    f"reads/change {reads:.2f}"
+                )
         finally:
             writer.stop()
             writer.close()

@@ -368,9 +368,7 @@ class Registry:
             if stat.ephemeralOwner != client.client_id[0]:
                 self._create(client, registration.path, data, adopt_foreign=True)
             elif current != data:
-                client.set_async(registration.path, data, version=stat.version).get(
-                    timeout=REQUEST_TIMEOUT
-                )
+                client.set_async(registration.path, data, version=stat.version).get(timeout=REQUEST_TIMEOUT)
 
         bounded_retry(attempt)
         if registration.instance is instance:

@@ -54,10 +54,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from kazoo.client import KazooClient
+from kazoo.client import KazooClient
 
 __all__ = [
     "DEFAULT_JVM_FLAGS",
@@ -865,8 +863,6 @@ def expire_session(client: KazooClient, hosts: str, timeout: float = 30.0) -> No
     session and deletes its ephemeral znodes; ``client`` then sees LOST and, if it keeps running,
     reconnects with a new session.
     """
-    from kazoo.client import KazooClient
-
     session_id, password = client.client_id
     other = KazooClient(hosts=hosts, client_id=(session_id, password))
     other.start(timeout=timeout)

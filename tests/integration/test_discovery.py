@@ -27,7 +27,9 @@ def test_starts_on_a_service_that_does_not_exist_yet(zk: KazooClient, zk_hosts: 
             assert watcher.wait_for(lambda m: urls(m) == {"http://10.0.0.1:80"}, 10)
 
 
-def test_listeners_get_growing_versions_off_kazoos_thread(zk: KazooClient, zk_hosts: str, service: str) -> None:
+def test_listeners_get_growing_versions_off_kazoos_thread(
+    zk: KazooClient, zk_hosts: str, service: str
+) -> None:
     seen: list[tuple[int, int, str]] = []
     done = threading.Event()
 
@@ -48,7 +50,9 @@ def test_listeners_get_growing_versions_off_kazoos_thread(zk: KazooClient, zk_ho
     assert all(name.startswith("zklb-watch-") for _, _, name in seen[1:])
 
 
-def test_a_listener_that_raises_does_not_stop_the_watcher(zk: KazooClient, zk_hosts: str, service: str) -> None:
+def test_a_listener_that_raises_does_not_stop_the_watcher(
+    zk: KazooClient, zk_hosts: str, service: str
+) -> None:
     def bad(m: Membership) -> None:
         raise RuntimeError("boom")
 
@@ -59,7 +63,9 @@ def test_a_listener_that_raises_does_not_stop_the_watcher(zk: KazooClient, zk_ho
         assert watcher.wait_for(lambda m: len(m) == 2, 10)
 
 
-def test_survives_deletion_and_recreation_of_the_service_path(zk: KazooClient, zk_hosts: str, service: str) -> None:
+def test_survives_deletion_and_recreation_of_the_service_path(
+    zk: KazooClient, zk_hosts: str, service: str
+) -> None:
     path = f"/services/{service}"
     with ServiceWatcher(zk_hosts, service) as watcher:
         reg_a = Registry(zk)
@@ -91,10 +97,16 @@ def test_malformed_children_are_skipped_with_one_warning_each(
         "not-json": b"{nope",
         "no-address": json.dumps({"port": 80}).encode(),
         "bad-port": json.dumps({"address": "h", "port": 70000}).encode(),
-        "zero-weight": json.dumps({"address": "h", "port": 80, "payload": {"metadata": {"weight": "0"}}}).encode(),
-        "nan-weight": json.dumps({"address": "h", "port": 80, "payload": {"metadata": {"weight": "NaN"}}}).encode(),
+        "zero-weight": json.dumps(
+            {"address": "h", "port": 80, "payload": {"metadata": {"weight": "0"}}}
+        ).encode(),
+        "nan-weight": json.dumps(
+            {"address": "h", "port": 80, "payload": {"metadata": {"weight": "NaN"}}}
+        ).encode(),
         "huge": json.dumps({"address": "h", "port": 80, "pad": "x" * 70_000}).encode(),
-        "bad-scheme": json.dumps({"address": "h", "port": 80, "payload": {"metadata": {"scheme": "ftp"}}}).encode(),
+        "bad-scheme": json.dumps(
+            {"address": "h", "port": 80, "payload": {"metadata": {"scheme": "ftp"}}}
+        ).encode(),
     }
     for name, data in bad.items():
         zk.create(f"{path}/{name}", data)
@@ -133,7 +145,10 @@ def test_a_join_costs_constant_reads_not_a_reread_of_every_instance(zk: KazooCli
         assert join_reads <= 3, join_reads  # children list + the one new child
 
         before = watcher.read_count
-        zk.set(f"{path}/n0007", codec.encode(service, ServiceInstance.parse("http://10.0.0.8:80", id="n0007", weight=9)))
+        zk.set(
+            f"{path}/n0007",
+            codec.encode(service, ServiceInstance.parse("http://10.0.0.8:80", id="n0007", weight=9)),
+        )
         assert watcher.wait_for(lambda m: m.by_id["n0007"].weight == 9, 10)
         assert watcher.read_count - before == 1  # just that child's data
 

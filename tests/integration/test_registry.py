@@ -6,9 +6,30 @@ import json
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.protocol.states import ZnodeStat
 
 from zklb import InvalidInstance, Registry, RegistryError, ServiceWatcher
 from zklb.testing import expire_session, wait_until
+
+
+# Each client may talk to a different ensemble member, and a follower can lag the leader: sync first so
+# that what this client reads includes every write another client already saw acknowledged.
+def synced_get(zk: KazooClient, path: str) -> tuple[bytes, ZnodeStat]:
+    zk.sync(path)
+    data, stat = zk.get(path)
+    return data, stat
+
+
+def synced_exists(zk: KazooClient, path: str) -> ZnodeStat | None:
+    zk.sync(path)
+    stat: ZnodeStat | None = zk.exists(path)
+    return stat
+
+
+def synced_children(zk: KazooClient, path: str) -> list[str]:
+    zk.sync(path)
+    children: list[str] = zk.get_children(path)
+    return children
 
 
 def test_registration_is_seen_by_another_client(zk_hosts: str, service: str) -> None:
@@ -24,7 +45,7 @@ def test_znode_is_ephemeral_under_root_service_id(zk: KazooClient, zk_hosts: str
     with Registry(zk_hosts) as registry:
         reg = registry.register(service, "http://10.0.0.3:81", id="fixed-id")
         assert reg.path == f"/services/{service}/fixed-id"
-        data, stat = zk.get(reg.path)
+        data, stat = synced_get(zk, reg.path)
         assert stat.ephemeralOwner != 0
         assert json.loads(data)["address"] == "10.0.0.3"
 
@@ -32,9 +53,9 @@ def test_znode_is_ephemeral_under_root_service_id(zk: KazooClient, zk_hosts: str
 def test_update_rewrites_the_same_znode(zk: KazooClient, zk_hosts: str, service: str) -> None:
     with Registry(zk_hosts) as registry, ServiceWatcher(zk_hosts, service) as watcher:
         reg = registry.register(service, "http://10.0.0.2:8080", weight=3)
-        _, before = zk.get(reg.path)
+        _, before = synced_get(zk, reg.path)
         reg.update(weight=5, metadata={"zone": "b"})
-        data, after = zk.get(reg.path)
+        data, after = synced_get(zk, reg.path)
         assert after.czxid == before.czxid  # same znode, not re-created
         assert after.version == before.version + 1
         assert json.loads(data)["payload"]["metadata"] == {"zone": "b", "weight": "5"}
@@ -46,21 +67,23 @@ def test_close_deletes_the_znode(zk: KazooClient, zk_hosts: str, service: str) -
     reg = registry.register(service, "http://10.0.0.2:8080")
     other = registry.register(service, "http://10.0.0.3:8080")
     reg.close()
-    assert zk.exists(reg.path) is None
-    assert zk.exists(other.path) is not None
+    assert synced_exists(zk, reg.path) is None
+    assert synced_exists(zk, other.path) is not None
     registry.close()
-    assert zk.exists(other.path) is None
+    assert synced_exists(zk, other.path) is None
 
 
-def test_ephemeral_node_goes_when_the_registering_client_closes(zk: KazooClient, zk_hosts: str, service: str) -> None:
+def test_ephemeral_node_goes_when_the_registering_client_closes(
+    zk: KazooClient, zk_hosts: str, service: str
+) -> None:
     client = KazooClient(hosts=zk_hosts)
     client.start(timeout=10)
     registry = Registry(client)  # borrowed client: the registry must not stop it
     reg = registry.register(service, "http://10.0.0.2:8080")
-    assert zk.exists(reg.path) is not None
+    assert synced_exists(zk, reg.path) is not None
     client.stop()
     client.close()
-    assert zk.exists(reg.path) is None
+    assert synced_exists(zk, reg.path) is None
 
 
 def test_a_borrowed_client_is_not_stopped(zk: KazooClient, service: str) -> None:
@@ -79,7 +102,9 @@ def test_bad_input_raises_and_writes_nothing(zk: KazooClient, zk_hosts: str, ser
         with pytest.raises(InvalidInstance, match="weight"):
             reg.update(weight=-1)
         assert reg.instance.weight == 1
-    assert zk.exists(f"/services/{service}") is None or zk.get_children(f"/services/{service}") == []
+    assert (
+        synced_exists(zk, f"/services/{service}") is None or synced_children(zk, f"/services/{service}") == []
+    )
 
 
 def test_duplicate_id_from_another_session_is_refused(zk_hosts: str, service: str) -> None:
@@ -103,15 +128,15 @@ def test_registration_comes_back_after_session_expiry_with_latest_data(
         wait_until(lambda: client.connected and client.client_id[0] != old_session, 30, "a new session")
 
         def restored() -> bool:
-            stat = zk.exists(reg.path)
+            stat = synced_exists(zk, reg.path)
             return stat is not None and stat.ephemeralOwner == client.client_id[0]
 
         wait_until(restored, 30, "the znode re-created by the new session")
-        data, _ = zk.get(reg.path)
+        data, _ = synced_get(zk, reg.path)
         assert json.loads(data)["payload"]["metadata"]["weight"] == "7"
-        assert zk.get_children(f"/services/{service}") == [reg.instance.id]  # no duplicate
+        assert synced_children(zk, f"/services/{service}") == [reg.instance.id]  # no duplicate
         registry.close()
-        assert zk.exists(reg.path) is None
+        assert synced_exists(zk, reg.path) is None
     finally:
         client.stop()
         client.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 import pytest
 
@@ -88,8 +89,6 @@ def test_direct_construction_is_validated_too() -> None:
 
 
 def test_equal_instances_hash_equal_and_registered_at_is_not_compared() -> None:
-    from datetime import UTC, datetime
-
     a = ServiceInstance(id="a", host="h", port=1, metadata={"z": "1"})
     b = ServiceInstance(id="a", host="h", port=1, metadata={"z": "1"}, registered_at=datetime.now(UTC))
     assert a == b

@@ -3,7 +3,9 @@
 Curator, Spring Cloud Zookeeper and Dubbo 3 write this format, so zklb serves their instances, and Java
 readers using Curator's ``ServiceDiscovery`` with payload type ``Object`` or ``Map`` see zklb's. (Spring
 Cloud Zookeeper's reader insists on its own payload class, so it cannot read instances without that
-``@class``; see docs/registry-format.md.) Each instance is an ephemeral znode ``/<root>/<service>/<id>`` holding::
+``@class``; see docs/registry-format.md.)
+
+Each instance is an ephemeral znode ``/<root>/<service>/<id>`` holding::
 
     {"name": "api", "id": "<id>", "address": "10.0.0.2", "port": 8080, "sslPort": null,
      "payload": {"metadata": {"weight": "3", "zone": "a"}}, "registrationTimeUTC": 1700000000000,
