@@ -12,12 +12,12 @@ and pick a server per request with a pluggable strategy::
 See README.md and docs/ for the rest.
 """
 
+from zklb.balancer import Lease, LoadBalancer
 from zklb.discovery import ServiceWatcher
 from zklb.errors import (
     ClosedError,
     InvalidInstance,
     NoServerAvailable,
-    NotStarted,
     RegistryError,
     UnknownStrategy,
     ZklbError,
@@ -26,6 +26,15 @@ from zklb.instance import ServiceInstance
 from zklb.membership import Membership
 from zklb.registry import Registration, Registry
 from zklb.stats import InstanceStats
+from zklb.strategies import (
+    LeastConnections,
+    Picker,
+    RoundRobin,
+    Strategy,
+    WeightedRoundRobin,
+    register_strategy,
+    strategy_names,
+)
 
 __version__ = "0.1.0"
 
@@ -33,15 +42,23 @@ __all__ = [
     "ClosedError",
     "InstanceStats",
     "InvalidInstance",
+    "Lease",
+    "LeastConnections",
+    "LoadBalancer",
     "Membership",
     "NoServerAvailable",
-    "NotStarted",
+    "Picker",
     "Registration",
     "Registry",
     "RegistryError",
+    "RoundRobin",
     "ServiceInstance",
     "ServiceWatcher",
+    "Strategy",
     "UnknownStrategy",
+    "WeightedRoundRobin",
     "ZklbError",
     "__version__",
+    "register_strategy",
+    "strategy_names",
 ]

@@ -7,7 +7,6 @@ Every error zklb raises on purpose derives from one root::
     ├── UnknownStrategy        a strategy name that is not registered (the message lists the valid ones)
     ├── NoServerAvailable      the pool is empty, or every candidate was excluded
     ├── RegistryError          ZooKeeper refused or failed a registry operation
-    ├── NotStarted             a component was used before ``start()``
     └── ClosedError            a component was used after ``close()``
 
 ZooKeeper (kazoo) errors are translated at the edge, in the registry and watcher modules, with
@@ -20,7 +19,6 @@ __all__ = [
     "ClosedError",
     "InvalidInstance",
     "NoServerAvailable",
-    "NotStarted",
     "RegistryError",
     "UnknownStrategy",
     "ZklbError",
@@ -59,10 +57,6 @@ class NoServerAvailable(ZklbError, LookupError):
 
 class RegistryError(ZklbError):
     """ZooKeeper refused or failed a registry operation (create, update, delete)."""
-
-
-class NotStarted(ZklbError, RuntimeError):
-    """A component was used before ``start()`` was called."""
 
 
 class ClosedError(ZklbError, RuntimeError):

@@ -1,0 +1,51 @@
+"""The public face: exactly these names, each documented, each importable from zklb."""
+
+from __future__ import annotations
+
+import zklb
+
+PUBLIC = {
+    "ClosedError",
+    "InstanceStats",
+    "InvalidInstance",
+    "Lease",
+    "LeastConnections",
+    "LoadBalancer",
+    "Membership",
+    "NoServerAvailable",
+    "Picker",
+    "Registration",
+    "Registry",
+    "RegistryError",
+    "RoundRobin",
+    "ServiceInstance",
+    "ServiceWatcher",
+    "Strategy",
+    "UnknownStrategy",
+    "WeightedRoundRobin",
+    "ZklbError",
+    "__version__",
+    "register_strategy",
+    "strategy_names",
+}
+
+
+def test_all_is_exactly_the_public_api() -> None:
+    assert set(zklb.__all__) == PUBLIC
+
+
+def test_every_public_name_exists_and_is_documented() -> None:
+    for name in PUBLIC - {"__version__"}:
+        obj = getattr(zklb, name)
+        assert obj.__doc__, name
+
+
+def test_errors_share_one_root() -> None:
+    for name in (
+        "ClosedError",
+        "InvalidInstance",
+        "NoServerAvailable",
+        "RegistryError",
+        "UnknownStrategy",
+    ):
+        assert issubclass(getattr(zklb, name), zklb.ZklbError)
