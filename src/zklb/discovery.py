@@ -314,8 +314,9 @@ class ServiceWatcher:
 
     def _read_children(self, client: KazooClient, names: set[str], known: dict[str, _Child]) -> bool:
         """Read ``names`` pipelined (one get_async each, re-arming data watches) into ``known``."""
+        # Sorted, so that `known` stays nearly in id order and each snapshot's sort is close to O(n).
         pending: dict[str, Any] = {
-            name: client.get_async(f"{self.path}/{name}", watch=self._on_data) for name in names
+            name: client.get_async(f"{self.path}/{name}", watch=self._on_data) for name in sorted(names)
         }
         self._read(len(pending))
         changed = False

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from types import MappingProxyType
 
 from zklb.instance import ServiceInstance
 
 __all__ = ["Membership"]
+
+# C-level key: building a snapshot of thousands of instances happens on every membership change.
+_by_id = attrgetter("id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +30,8 @@ class Membership:
     by_id: Mapping[str, ServiceInstance] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        ordered = tuple(sorted(self.instances, key=lambda inst: inst.id))
-        by_id = {inst.id: inst for inst in ordered}
+        ordered = tuple(sorted(self.instances, key=_by_id))
+        by_id = dict(zip(map(_by_id, ordered), ordered, strict=True))
         if len(by_id) != len(ordered):
             raise ValueError(f"membership of {self.service!r} has duplicate instance ids")
         object.__setattr__(self, "instances", ordered)
