@@ -31,7 +31,7 @@ from zklb.errors import ClosedError, NoServerAvailable
 from zklb.instance import ServiceInstance
 from zklb.membership import Membership
 from zklb.registry import Registration, Registry
-from zklb.stats import InstanceStats, StatsRecorder
+from zklb.stats import EWMA_ALPHA, InstanceStats, StatsRecorder
 from zklb.strategies import Picker, Strategy, create_strategy
 
 __all__ = ["Lease", "LoadBalancer"]
@@ -48,6 +48,9 @@ class _State(enum.Enum):
     NEW = "new"
     STARTED = "started"
     CLOSED = "closed"
+
+
+_STARTED = _State.STARTED  # a module global: one lookup less on every acquire()
 
 
 class Lease:
@@ -237,7 +240,7 @@ class LoadBalancer:
         Use as ``with lb.acquire() as server:``. ``exclude`` (instances or ids) skips servers already
         tried, as retries do; `NoServerAvailable` if nothing is left. No I/O; one short lock.
         """
-        if exclude or self._state is not _State.STARTED:
+        if exclude or self._state is not _STARTED:
             return self._acquire_slow(exclude)
         lock = self._lock
         # acquire()/release() rather than ``with``: half the cost, and this runs on every request.
@@ -284,9 +287,7 @@ class LoadBalancer:
         if lease is not None and lease._balancer is self and lease.server.id == server.id:
             lease.report(success)
             return
-        with self._lock:
-            if server.id in self._membership.by_id:
-                self._stats.setdefault(server.id, StatsRecorder()).record(success, latency)
+        self._release(server, success, latency, counted=False)
 
     # -- membership -----------------------------------------------------------------------------------
 
@@ -420,28 +421,42 @@ class LoadBalancer:
         with self._installed:
             self._installed.notify_all()
 
-    def _release(self, server: ServiceInstance, success: bool, latency: float) -> None:
+    def _release(
+        self, server: ServiceInstance, success: bool, latency: float | None, counted: bool = True
+    ) -> None:
+        """Record an outcome; with ``counted``, also end one in-flight request (the Lease path)."""
         key = server.id
         lock = self._lock
         lock.acquire()
         try:
-            counts = self._in_flight
-            count = counts.get(key, 0)
-            if count > 1:
-                counts[key] = count - 1
-            elif count == 1:
-                del counts[key]
-            else:
-                return  # never counted (cannot happen through Lease); never drive a count negative
+            if counted:
+                counts = self._in_flight
+                count = counts.get(key, 0)
+                if count > 1:
+                    counts[key] = count - 1
+                elif count == 1:
+                    del counts[key]
+                else:
+                    return  # never counted (cannot happen through Lease); never drive a count negative
             stats = self._stats.get(key)
             if stats is None:
                 if key not in self._membership.by_id:
                     return  # the instance left the pool while the request ran
                 stats = self._stats[key] = StatsRecorder()
-            stats.record(success, latency)
+            # The statistics update, written out here: a call frame is a tenth of this path's cost.
+            stats.requests += 1
+            if success:
+                stats.consecutive_failures = 0
+            else:
+                stats.failures += 1
+                stats.consecutive_failures += 1
+            if latency is not None:
+                stats.last_latency = latency
+                ewma = stats.latency_ewma
+                stats.latency_ewma = latency if ewma is None else ewma + EWMA_ALPHA * (latency - ewma)
             picker = self._picker
-            if picker is not None and picker.tracks_load:
-                picker.released(server, success, latency)
+            if counted and picker is not None and picker.tracks_load:
+                picker.released(server, success, latency or 0.0)
         finally:
             lock.release()
 

@@ -23,7 +23,7 @@ class InstanceStats:
 
 
 class StatsRecorder:
-    """Mutable counters of one instance; owned by the balancer and updated under its lock. O(1) each."""
+    """Mutable counters of one instance; owned by the balancer, which updates them under its lock."""
 
     __slots__ = ("consecutive_failures", "failures", "last_latency", "latency_ewma", "requests")
 
@@ -33,19 +33,6 @@ class StatsRecorder:
         self.consecutive_failures = 0
         self.latency_ewma: float | None = None
         self.last_latency: float | None = None
-
-    def record(self, success: bool, latency: float | None) -> None:
-        """Count one finished request."""
-        self.requests += 1
-        if success:
-            self.consecutive_failures = 0
-        else:
-            self.failures += 1
-            self.consecutive_failures += 1
-        if latency is not None:
-            self.last_latency = latency
-            ewma = self.latency_ewma
-            self.latency_ewma = latency if ewma is None else ewma + EWMA_ALPHA * (latency - ewma)
 
     def snapshot(self, in_flight: int) -> InstanceStats:
         """A frozen copy, with the current in-flight count."""
