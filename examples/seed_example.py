@@ -1,6 +1,6 @@
 """The project's seed flow, with zklb: a kazoo client, a balancer, servers, a strategy, a pick.
 
-Needs a ZooKeeper at localhost:2181 (or set ZKLB_HOSTS); `bash scripts/demo.sh` starts one for you.
+Uses the ZooKeeper named by ZKLB_HOSTS (e.g. localhost:2181); without it, starts a throwaway local one.
 """
 
 import os
@@ -8,8 +8,13 @@ import os
 from kazoo.client import KazooClient as ZooKeeper
 
 from zklb import LoadBalancer
+from zklb.testing import ZooKeeperEnsemble
 
-zk = ZooKeeper(os.environ.get("ZKLB_HOSTS", "localhost:2181"))
+local = None if "ZKLB_HOSTS" in os.environ else ZooKeeperEnsemble(size=1).start()
+hosts = local.hosts if local else os.environ["ZKLB_HOSTS"]
+
+# The seed, nearly line for line:
+zk = ZooKeeper(hosts)
 zk.start()
 
 lb = LoadBalancer(zk)  # service "default" under /services; the kazoo client stays the caller's
@@ -23,3 +28,6 @@ for _ in range(6):
 
 lb.close()  # removes the three registrations
 zk.stop()
+zk.close()
+if local:
+    local.close()

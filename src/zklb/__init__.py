@@ -25,6 +25,7 @@ from zklb.errors import (
 from zklb.instance import ServiceInstance
 from zklb.membership import Membership
 from zklb.registry import Registration, Registry
+from zklb.retry import ExponentialBackoff, RetryBudget, RetryPolicy
 from zklb.stats import InstanceStats
 from zklb.strategies import (
     LeastConnections,
@@ -40,6 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClosedError",
+    "ExponentialBackoff",
     "InstanceStats",
     "InvalidInstance",
     "Lease",
@@ -51,6 +53,8 @@ __all__ = [
     "Registration",
     "Registry",
     "RegistryError",
+    "RetryBudget",
+    "RetryPolicy",
     "RoundRobin",
     "ServiceInstance",
     "ServiceWatcher",

@@ -58,7 +58,8 @@ class Lease:
 
     ``with lb.acquire() as server:`` (or ``async with``) releases on leaving the block: an exception in
     the block counts as a failure (and propagates), otherwise a success unless ``report(False)`` said so.
-    Outside a ``with`` block, call ``release()`` yourself. Releasing twice does nothing.
+    Cancellation and interrupts (exceptions that are not ``Exception``) record no outcome. Outside a
+    ``with`` block, call ``release()`` or ``cancel()`` yourself. Releasing twice does nothing.
     """
 
     # Kept lean on purpose: one is made per request, and every attribute set is on the hot path.
@@ -90,6 +91,14 @@ class Lease:
             success = self._success is not False
         balancer._release(self.server, success, perf_counter() - self._started)
 
+    def cancel(self) -> None:
+        """End the request without recording an outcome (it was abandoned: cancelled, interrupted)."""
+        balancer = self._balancer
+        if balancer is None:
+            return
+        self._balancer = None
+        balancer._release(self.server, True, None, record=False)
+
     def __enter__(self) -> ServiceInstance:
         self._token = _current_lease.set(self)
         return self.server
@@ -108,6 +117,10 @@ class Lease:
         if balancer is None:
             return
         self._balancer = None
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            # CancelledError, KeyboardInterrupt, GeneratorExit: nothing learnt about the server.
+            balancer._release(self.server, True, None, record=False)
+            return
         balancer._release(
             self.server, exc_type is None and self._success is not False, perf_counter() - self._started
         )
@@ -422,9 +435,14 @@ class LoadBalancer:
             self._installed.notify_all()
 
     def _release(
-        self, server: ServiceInstance, success: bool, latency: float | None, counted: bool = True
+        self,
+        server: ServiceInstance,
+        success: bool,
+        latency: float | None,
+        counted: bool = True,
+        record: bool = True,
     ) -> None:
-        """Record an outcome; with ``counted``, also end one in-flight request (the Lease path)."""
+        """End one in-flight request (``counted``) and/or record its outcome (``record``)."""
         key = server.id
         lock = self._lock
         lock.acquire()
@@ -438,6 +456,11 @@ class LoadBalancer:
                     del counts[key]
                 else:
                     return  # never counted (cannot happen through Lease); never drive a count negative
+            picker = self._picker
+            if not record:
+                if picker is not None and picker.tracks_load:
+                    picker.released(server, success, 0.0)
+                return
             stats = self._stats.get(key)
             if stats is None:
                 if key not in self._membership.by_id:
@@ -454,7 +477,6 @@ class LoadBalancer:
                 stats.last_latency = latency
                 ewma = stats.latency_ewma
                 stats.latency_ewma = latency if ewma is None else ewma + EWMA_ALPHA * (latency - ewma)
-            picker = self._picker
             if counted and picker is not None and picker.tracks_load:
                 picker.released(server, success, latency or 0.0)
         finally:

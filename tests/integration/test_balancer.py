@@ -220,3 +220,14 @@ def test_get_server_keeps_answering_while_the_whole_ensemble_is_down(
             wait_until(lambda: len(lb.servers()) == 3, 30, "convergence after the outage")
         finally:
             lb.close()
+
+
+def test_cancelled_requests_free_the_slot_without_recording_an_outcome(zk_hosts: str, service: str) -> None:
+    with LoadBalancer(zk_hosts, service, strategy="least_connections") as lb:
+        lb.add_server("http://127.0.0.1:1", id="a")
+        lease = lb.acquire()
+        lease.cancel()
+        with pytest.raises(KeyboardInterrupt), lb.acquire():
+            raise KeyboardInterrupt
+        stats = lb.stats()["a"]
+        assert (stats.in_flight, stats.requests, stats.failures) == (0, 0, 0)

@@ -1,0 +1,252 @@
+"""A requests transport adapter that sends each request to a server picked by a `LoadBalancer`.
+
+::
+
+    import requests
+    from zklb.requests import LoadBalancedAdapter
+
+    session = requests.Session()
+    session.mount("http://api/", LoadBalancedAdapter(lb))   # "api" is lb.service
+    session.get("http://api/users/1")
+
+The adapter sends a copy of the prepared request with the scheme, host and port of the instance, and
+hands back the response as the answer to the logical request (``response.url`` and ``response.request``
+are the logical ones), so a relative redirect resolves against ``http://api/...`` and comes back through
+the balancer, while an absolute redirect to another host goes to whatever adapter that host has.
+
+The instance counts the request as in flight until the body has been read to its end or the response
+is closed (``stream=True`` included): the adapter hooks the urllib3 response, because that is the only
+object that sees both events.
+"""
+
+from __future__ import annotations
+
+try:
+    import requests
+    from requests.adapters import HTTPAdapter
+except ImportError as exc:
+    raise ImportError(
+        "zklb.requests needs requests, which is not installed: pip install zklb[requests]", name="requests"
+    ) from exc
+
+import functools
+from collections.abc import Collection, Iterator, Mapping
+from typing import Any
+from urllib.parse import SplitResult, urlsplit
+
+from requests.cookies import RequestsCookieJar, extract_cookies_to_jar
+from urllib3.response import HTTPResponse
+
+from zklb.balancer import Lease, LoadBalancer
+from zklb.instance import DEFAULT_PORTS, ServiceInstance
+from zklb.retry import Attempts, ClientHooks, RetryPolicy, is_failure_status, resolve_policy
+
+__all__ = ["LoadBalancedAdapter"]
+
+_Timeout = float | tuple[float, float] | tuple[float, None] | None
+_Cert = bytes | str | tuple[bytes | str, bytes | str] | None
+
+
+def _status(response: requests.Response) -> int:
+    return response.status_code
+
+
+def _close(response: requests.Response) -> None:
+    response.close()
+
+
+_HOOKS: ClientHooks[requests.Response] = ClientHooks(
+    # Refused, dropped (before or, see _send, during the body) or timed out: another server may answer.
+    retryable_errors=(requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError),
+    status=_status,
+    close=_close,
+)
+
+
+def _replayable(body: object) -> bool:
+    # Bytes can be sent again; a generator or a file object may already be (partly) consumed.
+    return body is None or isinstance(body, bytes | str)
+
+
+def _authority(server: ServiceInstance) -> str:
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    return host if DEFAULT_PORTS[server.scheme] == server.port else f"{host}:{server.port}"
+
+
+class LoadBalancedAdapter(HTTPAdapter):
+    """A requests adapter that sends each request for the service to an instance ``lb`` picks.
+
+    Mount it on the logical base URL: ``session.mount("http://api/", LoadBalancedAdapter(lb))``.
+
+    - ``preserve_host``: send the logical ``Host`` header (e.g. ``api``) instead of the instance's
+      address, for servers that route on it.
+    - ``retry``: a `RetryPolicy`, True for a new default policy, False or None for no retries.
+    - ``hosts``: the host names to balance (default: ``lb.service``); requests to other hosts are sent
+      as a plain `HTTPAdapter` would, which matters only when it is mounted more widely.
+    - other keyword arguments (``pool_connections``, ``pool_maxsize``, ``max_retries``, ``pool_block``)
+      go to `HTTPAdapter`; ``max_retries`` are urllib3's retries on the same instance.
+
+    A connection error, a timeout or a 5xx response counts as a failure of the instance.
+    """
+
+    def __init__(
+        self,
+        lb: LoadBalancer,
+        *,
+        preserve_host: bool = False,
+        retry: RetryPolicy | bool | None = True,
+        hosts: Collection[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._lb = lb
+        self._preserve_host = preserve_host
+        self._policy = resolve_policy(retry)
+        self._hosts = frozenset(h.lower() for h in (hosts if hosts is not None else (lb.service,)))
+        super().__init__(**kwargs)
+
+    @property
+    def retry(self) -> RetryPolicy | None:
+        """The retry policy in use, or None."""
+        return self._policy
+
+    def send(  # noqa: PLR0917 - HTTPAdapter.send's signature
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: _Timeout = None,
+        verify: bool | str = True,
+        cert: _Cert = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """Send ``request`` to an instance (retrying on others as the policy allows).
+
+        Every argument is passed on to `HTTPAdapter.send` for each attempt.
+        """
+        options: dict[str, Any] = {
+            "stream": stream,
+            "timeout": timeout,
+            "verify": verify,
+            "cert": cert,
+            "proxies": proxies,
+        }
+        url = urlsplit(request.url or "")
+        if (url.hostname or "") not in self._hosts:
+            return super().send(request, **options)
+        attempts = Attempts(
+            self._lb,
+            self._policy,
+            _HOOKS,
+            method=request.method or "GET",
+            replayable=_replayable(request.body),
+        )
+        return attempts.run(functools.partial(self._send, request, url, options))
+
+    def _send(
+        self, request: requests.PreparedRequest, url: SplitResult, options: dict[str, Any], lease: Lease
+    ) -> requests.Response:
+        server = lease.server
+        # A copy: the session keeps the original for redirects, cookies and the response.
+        sent = request.copy()
+        sent.url = url._replace(scheme=server.scheme, netloc=_authority(server)).geturl()
+        sent.headers["Host"] = url.netloc.rpartition("@")[2] if self._preserve_host else _authority(server)
+        response = super().send(sent, **options)
+        # Present the response as the answer to the logical request, as the session expects.
+        response.request = request
+        response.url = request.url or ""
+        response.cookies = RequestsCookieJar()
+        extract_cookies_to_jar(response.cookies, request, response.raw)  # type: ignore[no-untyped-call]
+        if is_failure_status(response.status_code):
+            lease.report(False)
+        raw = response.raw
+        if isinstance(raw, HTTPResponse):
+            _RawLease.attach(raw, lease)
+        else:
+            lease.release()  # not a urllib3 response (a test double): nothing to wait for
+        if not options["stream"]:
+            # The session would read the body right after this anyway; reading it inside the attempt
+            # makes a connection cut mid-body count against this instance, and be retried like any other.
+            response.content  # noqa: B018 - reading is the point
+        return response
+
+    def __repr__(self) -> str:
+        retry = "off" if self._policy is None else repr(self._policy)
+        return f"<LoadBalancedAdapter {self._lb.service} hosts={sorted(self._hosts)} retry={retry}>"
+
+
+_HOOKED = ("close", "read", "read_chunked", "release_conn")
+
+
+class _RawLease:
+    """Releases a lease when urllib3 is done with a response: body read to the end, or closed.
+
+    urllib3 calls ``self.release_conn()`` when a read reaches the end of the body (or fails) and
+    requests calls ``raw.close()`` / ``raw.release_conn()`` from ``Response.close()``. Instance
+    attributes shadow the class's methods, so these hooks see every call, urllib3's own included; they
+    call the class's implementation and are removed on release. A read that raises marks a failure;
+    a ``release_conn`` from inside a read waits for the read to end, so the failure is counted first.
+    """
+
+    __slots__ = ("_lease", "_pending", "_raw", "_reading")
+
+    def __init__(self, raw: HTTPResponse, lease: Lease) -> None:
+        self._raw = raw
+        self._lease = lease
+        self._reading = 0
+        self._pending = False
+
+    @classmethod
+    def attach(cls, raw: HTTPResponse, lease: Lease) -> None:
+        hook = cls(raw, lease)
+        vars(raw).update(
+            close=hook.close, read=hook.read, read_chunked=hook.read_chunked, release_conn=hook.release_conn
+        )
+
+    def read(self, *args: Any, **kwargs: Any) -> bytes:
+        raw = self._raw
+        self._reading += 1
+        try:
+            return type(raw).read(raw, *args, **kwargs)
+        except Exception:
+            self._lease.report(False)
+            raise
+        finally:
+            self._end_read()
+
+    def read_chunked(self, *args: Any, **kwargs: Any) -> Iterator[bytes]:
+        raw = self._raw
+        self._reading += 1
+        try:
+            yield from type(raw).read_chunked(raw, *args, **kwargs)
+        except Exception:  # not GeneratorExit: a reader that stops early is no failure of the server
+            self._lease.report(False)
+            raise
+        finally:
+            self._end_read()
+
+    def release_conn(self) -> None:
+        raw = self._raw
+        try:
+            type(raw).release_conn(raw)
+        finally:
+            if self._reading:
+                self._pending = True
+            else:
+                self._done()
+
+    def close(self) -> None:
+        raw = self._raw
+        try:
+            type(raw).close(raw)
+        finally:
+            self._done()
+
+    def _end_read(self) -> None:
+        self._reading -= 1
+        if self._pending and not self._reading:
+            self._done()
+
+    def _done(self) -> None:
+        attrs = vars(self._raw)
+        for name in _HOOKED:
+            attrs.pop(name, None)
+        self._lease.release()
