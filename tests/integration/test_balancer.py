@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import random
 import subprocess
@@ -13,10 +14,23 @@ from pathlib import Path
 import pytest
 from kazoo.client import KazooClient
 
-from zklb import ClosedError, LoadBalancer, NoServerAvailable, Registry, ServiceInstance, UnknownStrategy
+from zklb import (
+    ClosedError,
+    LoadBalancer,
+    Membership,
+    NoServerAvailable,
+    Registry,
+    RegistryError,
+    ServiceInstance,
+    UnknownStrategy,
+)
 from zklb.testing import ZooKeeperEnsemble, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def has_id(key: str, membership: Membership) -> bool:
+    return key in membership.by_id
 
 
 def ports(lb: LoadBalancer, picks: int) -> list[int]:
@@ -231,3 +245,28 @@ def test_cancelled_requests_free_the_slot_without_recording_an_outcome(zk_hosts:
             raise KeyboardInterrupt
         stats = lb.stats()["a"]
         assert (stats.in_flight, stats.requests, stats.failures) == (0, 0, 0)
+
+
+def test_rolling_restart_of_the_ensemble_keeps_the_pool_and_its_changes(
+    ensemble: ZooKeeperEnsemble, zk_hosts: str, service: str
+) -> None:
+    with LoadBalancer(zk_hosts, service) as lb, Registry(zk_hosts) as registry:
+        lb.add_server("http://127.0.0.1:1", id="first")
+        for member in ensemble.members:
+            ensemble.stop_member(member.index)
+            assert lb.get_server().id == "first" or len(lb.servers()) > 1  # still serving meanwhile
+            url = f"http://127.0.0.1:{10 + member.index}"
+            registered: list[str] = []
+
+            def register(url: str = url, registered: list[str] = registered) -> bool:
+                try:
+                    registered.append(registry.register(service, url).instance.id)
+                except RegistryError:
+                    return False  # the registry's client is failing over to a live member
+                return True
+
+            wait_until(register, 30, f"a registration while member {member.index} is down")
+            assert lb.wait_for(functools.partial(has_id, registered[0]), 30), "the balancer did not see it"
+            ensemble.start_member(member.index, wait=True, timeout=60)
+            ensemble.wait_serving(timeout=60)
+        assert len(lb.servers()) == 1 + len(ensemble.members)

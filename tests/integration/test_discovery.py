@@ -12,7 +12,7 @@ from kazoo.client import KazooClient
 from zklb import Membership, Registry, ServiceWatcher
 from zklb.codecs.curator import CuratorCodec
 from zklb.instance import ServiceInstance
-from zklb.testing import ZooKeeperEnsemble, wait_until
+from zklb.testing import ZooKeeperEnsemble, expire_session, wait_until
 
 
 def urls(m: Membership) -> set[str]:
@@ -187,3 +187,22 @@ def test_last_membership_is_kept_while_the_ensemble_is_down_then_converges(
         watcher.close()
         staying.stop()
         staying.close()
+
+
+def test_watcher_recovers_from_its_own_session_expiry(zk: KazooClient, zk_hosts: str, service: str) -> None:
+    client = KazooClient(hosts=zk_hosts, timeout=4.0)
+    client.start(timeout=10)
+    try:
+        with ServiceWatcher(client, service) as watcher, Registry(zk) as registry:
+            registry.register(service, "http://10.0.0.1:80")
+            assert watcher.wait_for(lambda m: len(m) == 1, 10)
+            old_session = client.client_id[0]
+            expire_session(client, zk_hosts)
+            wait_until(lambda: client.connected and client.client_id[0] != old_session, 30, "a new session")
+            assert len(watcher.membership) == 1  # kept across the expiry
+            # Watches died with the old session; the watcher must have re-armed them.
+            registry.register(service, "http://10.0.0.2:80")
+            assert watcher.wait_for(lambda m: len(m) == 2, 10), urls(watcher.membership)
+    finally:
+        client.stop()
+        client.close()
