@@ -14,7 +14,7 @@ import random
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from zklb.instance import ServiceInstance
 from zklb.membership import Membership
@@ -56,22 +56,103 @@ class LB:
 
 
 class AcquiringLB:
-    """Stands in for ``LoadBalancer.acquire()``: pick + count under a lock, then release under it."""
+    """Stands in for ``LoadBalancer.acquire()``: pick + count under a lock, then release under it.
 
-    def __init__(self, picker: Picker) -> None:
+    With ``fused`` the picker's optional ``acquire_pick()`` replaces ``pick()`` + ``acquired()``, as
+    the balancer does when a picker has it.
+    """
+
+    def __init__(self, picker: Picker, *, fused: bool = False) -> None:
         self._lock = threading.Lock()
         self._picker = picker
         self._counts: dict[str, int] = {}
+        self._acquire_pick: Callable[[], ServiceInstance] | None = (
+            getattr(picker, "acquire_pick", None) if fused else None
+        )
 
     def acquire_release(self) -> None:
         picker = self._picker
         with self._lock:
-            instance = picker.pick()
+            if self._acquire_pick is not None:
+                instance = self._acquire_pick()
+            else:
+                instance = picker.pick()
+                picker.acquired(instance)
             self._counts[instance.id] = self._counts.get(instance.id, 0) + 1
-            picker.acquired(instance)
         with self._lock:
             self._counts[instance.id] -= 1
             picker.released(instance, True, 0.001)
+
+
+class Leases:
+    """A picker's own load updates, no lock: each call ends one request and starts another.
+
+    ``held`` requests stay in flight (one at random ends per call; ``held=0``: the request started
+    is ended right away). ``fused`` starts requests with ``acquire_pick()``, else ``pick()`` +
+    ``acquired()`` (through a small function). The random choices are drawn in advance; the rows
+    timed with `NoopPicker` (methods that return at once) show what the harness and the calls
+    themselves cost, before any work in the picker.
+    """
+
+    def __init__(self, picker: Picker, held: int, *, fused: bool, seed: int = 3) -> None:
+        self._released = picker.released
+        acquire_pick = getattr(picker, "acquire_pick", None)
+        if fused:
+            assert acquire_pick is not None
+            self._take: Callable[[], ServiceInstance] = acquire_pick
+        else:
+            pick, acquired = picker.pick, picker.acquired
+
+            def take() -> ServiceInstance:
+                instance = pick()
+                acquired(instance)
+                return instance
+
+            self._take = take
+        self._held = [self._take() for _ in range(held)]
+        rng = random.Random(seed)
+        self._slots = [rng.randrange(held) for _ in range(4096)] if held else []
+        self._i = 0
+
+    def cycle(self) -> None:
+        """``released()`` of the request started right before, then start another."""
+        self._released(self._take(), True, 0.001)
+
+    def churn(self) -> None:
+        """``released()`` of a random held request, then start one in its place."""
+        i = self._i
+        self._i = i + 1
+        k = self._slots[i & 4095]
+        held = self._held
+        self._released(held[k], True, 0.001)
+        held[k] = self._take()
+
+
+class NoopPicker:
+    """A picker whose methods do nothing: times the `Leases` harness alone."""
+
+    tracks_load = True
+
+    def __init__(self, membership: Membership) -> None:
+        self._first = membership.instances[0]
+
+    def pick(self) -> ServiceInstance:
+        return self._first
+
+    def acquire_pick(self) -> ServiceInstance:
+        return self._first
+
+    def pick_excluding(self, exclude: Collection[str]) -> ServiceInstance | None:
+        return self._first
+
+    def seed(self, in_flight: Mapping[str, int]) -> None:
+        pass
+
+    def acquired(self, instance: ServiceInstance) -> None:
+        pass
+
+    def released(self, instance: ServiceInstance, success: bool, latency: float) -> None:
+        pass
 
 
 def best_ns_per_call(fn: Callable[[], object], calls: int, repeats: int) -> float:
@@ -135,7 +216,28 @@ def pick_table(sizes: Sequence[int], calls: int, repeats: int, rng: random.Rando
                 "acquire+release, least_connections 0..3",
                 AcquiringLB(seeded(LeastConnections().build(typical), busy)).acquire_release,
             ),
+            (
+                "acquire+release, least_connections fused",
+                AcquiringLB(LeastConnections().build(typical), fused=True).acquire_release,
+            ),
+            (
+                "acquire+release, least_connections fused 0..3",
+                AcquiringLB(seeded(LeastConnections().build(typical), busy), fused=True).acquire_release,
+            ),
         ]
+        # The least-connections picker's own load updates (no lock): pick() + acquired() +
+        # released() against the fused acquire_pick() + released(), with 0 requests held, 50 held
+        # at random, and 4n held (every instance busy, so the lowest load changes on most calls).
+        for held, label in ((0, "loop"), (50, "50 held"), (4 * n, "all busy")):
+            for fused in (False, True):
+                leases = Leases(LeastConnections().build(typical), held, fused=fused)
+                name = "acquire_pick()+released()" if fused else "pick()+acquired()+released()"
+                rows.append((f"lc {name}, {label}", leases.churn if held else leases.cycle))
+        for held, label in ((0, "loop"), (50, "held")):
+            for fused in (False, True):
+                leases = Leases(NoopPicker(typical), held, fused=fused)
+                name = "acquire_pick()+released()" if fused else "pick()+acquired()+released()"
+                rows.append((f"(no-op {name}, {label})", leases.churn if held else leases.cycle))
         print(f"{'bare method (baseline)':44s} {n:6d} {bare:8.1f} {1:6.2f}")
         for label, fn in rows:
             ns = best_ns_per_call(fn, calls, repeats)

@@ -175,6 +175,7 @@ class LoadBalancer:
         # Notified after each swap, for wait_for(); never taken on the hot path.
         self._installed = threading.Condition(threading.Lock())
         self._picker: Picker | None = None
+        self._acquire_pick: Callable[[], ServiceInstance] | None = None
         self._in_flight: dict[str, int] = {}
         self._stats: dict[str, StatsRecorder] = {}
         self._pick: Callable[[], ServiceInstance] = self._empty if client is None else self._start_then_pick
@@ -259,15 +260,19 @@ class LoadBalancer:
         # acquire()/release() rather than ``with``: half the cost, and this runs on every request.
         lock.acquire()
         try:
-            picker = self._picker
-            if picker is None:
-                raise NoServerAvailable(self.service, self.root)
-            server = picker.pick()
+            fused = self._acquire_pick
+            if fused is not None:
+                server = fused()  # pick and count in one call (least-connections)
+            else:
+                picker = self._picker
+                if picker is None:
+                    raise NoServerAvailable(self.service, self.root)
+                server = picker.pick()
+                if picker.tracks_load:
+                    picker.acquired(server)
             key = server.id
             counts = self._in_flight
             counts[key] = counts.get(key, 0) + 1
-            if picker.tracks_load:
-                picker.acquired(server)
         finally:
             lock.release()
         return Lease(self, server, perf_counter())
@@ -431,6 +436,8 @@ class LoadBalancer:
             self._membership = membership
             self._picker = picker
             self._pick = picker.pick if picker is not None else self._empty
+            # Optional on pickers: pick + acquired() fused, for those that track load.
+            self._acquire_pick = getattr(picker, "acquire_pick", None) if picker is not None else None
         with self._installed:
             self._installed.notify_all()
 

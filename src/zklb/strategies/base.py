@@ -31,6 +31,8 @@ class Picker(Protocol):
     """Strategy state for one membership snapshot (never empty: the balancer handles empty pools).
 
     ``tracks_load`` False lets the balancer skip ``acquired()``/``released()`` calls on every request.
+    A picker that tracks load may also offer ``acquire_pick() -> ServiceInstance``: ``pick()`` and
+    ``acquired()`` in one call, which the balancer then uses under its lock in ``acquire()``.
     """
 
     tracks_load: bool
