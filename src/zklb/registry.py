@@ -143,7 +143,6 @@ class Registry:
         self._pending_deletes: set[str] = set()
         self._wake = threading.Event()
         self._resync = False
-        self._session_lost = False
         self._thread: threading.Thread | None = None
         self._client: KazooClient | None = None
         self._closed = False
@@ -241,10 +240,9 @@ class Registry:
             return self._client
 
     def _on_state(self, state: str) -> None:
-        # Runs on kazoo's connection thread: only flip flags and wake our own thread.
-        if state == KazooState.LOST:
-            self._session_lost = True
-        elif state == KazooState.CONNECTED:
+        # Runs on kazoo's connection thread: only flip a flag and wake our own thread. Every reconnect
+        # re-checks the znodes (one read each): after an expiry they are gone and must be re-created.
+        if state == KazooState.CONNECTED:
             self._resync = True
             self._wake.set()
 
