@@ -13,31 +13,18 @@ without a ZooKeeper to start (the watcher only ever swaps the snapshot these cal
 from __future__ import annotations
 
 import argparse
-import gc
 import random
 import time
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+
+from timing import Bare, best_ns_per_call
 
 from zklb import LoadBalancer, ServiceInstance
 
 STRATEGIES = ("round_robin", "weighted_round_robin", "least_connections")
 TARGETS = {"round_robin": 1.5, "weighted_round_robin": 2.0, "least_connections": 2.5}
 ACQUIRE_TARGET = 15.0
-
-
-class Bare:
-    """The yardstick: the cheapest round robin one would write in Python."""
-
-    def __init__(self, servers: Sequence[ServiceInstance]) -> None:
-        self.s = servers
-        self.i = 0
-
-    def get_server(self) -> ServiceInstance:
-        i = self.i
-        self.i = i + 1
-        s = self.s
-        return s[i % len(s)]
 
 
 def instances(n: int, max_weight: int, seed: int = 7) -> list[ServiceInstance]:
@@ -48,31 +35,6 @@ def instances(n: int, max_weight: int, seed: int = 7) -> list[ServiceInstance]:
         )
         for k in range(n)
     ]
-
-
-def best_ns(fn: Callable[[], object], calls: int, repeats: int) -> float:
-    """Best time per call in ns over ``repeats`` runs of ``calls`` calls (loop unrolled by 10)."""
-    rounds = range(calls // 10)
-    best = float("inf")
-    gc.disable()
-    try:
-        for _ in range(repeats):
-            start = time.perf_counter_ns()
-            for _ in rounds:
-                fn()
-                fn()
-                fn()
-                fn()
-                fn()
-                fn()
-                fn()
-                fn()
-                fn()
-                fn()
-            best = min(best, (time.perf_counter_ns() - start) / (len(rounds) * 10))
-    finally:
-        gc.enable()
-    return best
 
 
 def acquire_release(lb: LoadBalancer) -> Callable[[], None]:
@@ -96,16 +58,16 @@ def main() -> None:
     print(f"{'call':<38}{'n':>7}{'ns/call':>10}{'ratio':>8}{'target':>8}")
     for n in (10, 1_000, 10_000):
         pool = instances(n, max_weight=10)
-        baseline = best_ns(Bare(pool).get_server, calls, repeats)
+        baseline = best_ns_per_call(Bare(pool).get_server, calls, repeats)
         print(f"{'bare round-robin method':<38}{n:>7}{baseline:>10.1f}{1.0:>8.2f}{'':>8}")
         for name in STRATEGIES:
             lb = LoadBalancer.static(pool, strategy=name)
-            ns = best_ns(lb.get_server, calls, repeats)
+            ns = best_ns_per_call(lb.get_server, calls, repeats)
             target = f"{TARGETS[name]:.1f}" if n >= 1_000 else ""
             print(f"{'get_server() ' + name:<38}{n:>7}{ns:>10.1f}{ns / baseline:>8.2f}{target:>8}")
         for name in STRATEGIES:
             lb = LoadBalancer.static(pool, strategy=name)
-            ns = best_ns(acquire_release(lb), calls // 4, repeats)
+            ns = best_ns_per_call(acquire_release(lb), calls // 4, repeats)
             label = "acquire() enter+exit " + name
             print(f"{label:<38}{n:>7}{ns:>10.1f}{ns / baseline:>8.2f}{ACQUIRE_TARGET:>8.1f}")
 
@@ -117,8 +79,8 @@ def main() -> None:
     build_ms = (time.perf_counter() - started) * 1000
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    baseline = best_ns(Bare(heavy).get_server, calls, repeats)
-    ns = best_ns(lb.get_server, calls, repeats)
+    baseline = best_ns_per_call(Bare(heavy).get_server, calls, repeats)
+    ns = best_ns_per_call(lb.get_server, calls, repeats)
     total = sum(i.weight for i in heavy)
     print(f"\nweighted_round_robin, 10,000 instances, weights 1..10,000 (sum {total:,}):")
     print(

@@ -1,6 +1,6 @@
 """Micro-benchmarks of the strategies' pickers, relative to a bare Python round-robin method.
 
-Run: ``PYTHONPATH=src python benchmarks/bench_strategies.py``. Every number is the best of several
+Run: ``python benchmarks/bench_strategies.py``. Every number is the best of several
 repeats (``time.perf_counter_ns``), with the garbage collector paused while timing. Picks go through
 ``LB.get_server``, which calls the picker's bound ``pick`` the way ``LoadBalancer`` will, so the ratio
 column compares like with like: 1.0 means "as fast as a plain Python method that indexes a list".
@@ -9,12 +9,13 @@ column compares like with like: 1.0 means "as fast as a plain Python method that
 from __future__ import annotations
 
 import argparse
-import gc
 import random
 import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Collection, Mapping, Sequence
+
+from timing import Bare, best_ns_per_call
 
 from zklb.instance import ServiceInstance
 from zklb.membership import Membership
@@ -29,20 +30,6 @@ def make_membership(weights: Sequence[int]) -> Membership:
         for k, w in enumerate(weights)
     )
     return Membership(service="svc", version=1, instances=instances)
-
-
-class Bare:
-    """The yardstick: the cheapest round robin one would write in Python."""
-
-    def __init__(self, servers: Sequence[ServiceInstance]) -> None:
-        self.servers = servers
-        self.i = 0
-
-    def pick(self) -> ServiceInstance:
-        i = self.i
-        self.i = i + 1
-        s = self.servers
-        return s[i % len(s)]
 
 
 class LB:
@@ -155,40 +142,13 @@ class NoopPicker:
         pass
 
 
-def best_ns_per_call(fn: Callable[[], object], calls: int, repeats: int) -> float:
-    """Best-of-``repeats`` time per call, in ns, over ``calls`` calls (unrolled by 10)."""
-    best = float("inf")
-    rounds = range(calls // 10)
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(repeats):
-            start = time.perf_counter_ns()
-            for _ in rounds:
-                fn()
-                fn()
-                fn()
-                fn()
-                fn()
-                fn()
-                fn()
-                fn()
-                fn()
-                fn()
-            best = min(best, (time.perf_counter_ns() - start) / (len(rounds) * 10))
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return best
-
-
 def pick_table(sizes: Sequence[int], calls: int, repeats: int, rng: random.Random) -> None:
     print(f"{'strategy':44s} {'n':>6s} {'ns/call':>8s} {'ratio':>6s}")
     for n in sizes:
         typical = make_membership([rng.randint(1, 10) for _ in range(n)])
         huge = make_membership([rng.randint(1, 10_000) for _ in range(n)])
         busy = {inst.id: rng.randint(0, 3) for inst in typical.instances}
-        bare = best_ns_per_call(Bare(typical.instances).pick, calls, repeats)
+        bare = best_ns_per_call(Bare(typical.instances).get_server, calls, repeats)
 
         def seeded(picker: Picker, in_flight: dict[str, int]) -> Picker:
             picker.seed(in_flight)
