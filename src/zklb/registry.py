@@ -273,24 +273,10 @@ class Registry:
         if client is None:
             return
         try:
-            self._sync_one(client, registration)
+            self._ensure_registered(client, registration)
         except (KazooException, *TRANSIENT_ERRORS) as exc:
             log.warning("update of %s deferred until ZooKeeper is back: %r", registration.path, exc)
             self._wake.set()
-
-    def _sync_one(self, client: KazooClient, registration: Registration) -> None:
-        instance = registration.instance
-        data = self.codec.encode(registration.service, instance)
-
-        def attempt() -> None:
-            try:
-                client.set_async(registration.path, data).get(timeout=REQUEST_TIMEOUT)
-            except NoNodeError:
-                self._create(client, registration.path, data, adopt_foreign=True)
-
-        bounded_retry(attempt)
-        if registration.instance is instance:
-            registration._dirty = False
 
     def _forget(self, registration: Registration) -> None:
         with self._lock:
@@ -353,6 +339,7 @@ class Registry:
                 self._resync = True
 
     def _ensure_registered(self, client: KazooClient, registration: Registration) -> None:
+        """Make the znode exist, owned by this session, holding the registration's latest data."""
         instance = registration.instance
         data = self.codec.encode(registration.service, instance)
 
