@@ -47,8 +47,3 @@ class Membership:
         if isinstance(item, ServiceInstance):
             return bool(self.by_id.get(item.id) == item)
         return item in self.by_id
-
-    @property
-    def total_weight(self) -> int:
-        """Sum of the instances' weights."""
-        return sum(inst.weight for inst in self.instances)
