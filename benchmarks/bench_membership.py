@@ -16,7 +16,7 @@ import time
 from kazoo.client import KazooClient
 from kazoo.recipe.watchers import ChildrenWatch
 
-from zklb import Membership, ServiceInstance, ServiceWatcher
+from zklb import ServiceInstance, ServiceWatcher
 from zklb.codecs.curator import CuratorCodec
 from zklb.testing import ZooKeeperEnsemble
 
@@ -38,63 +38,58 @@ def fill(writer: KazooClient, path: str, service: str, count: int) -> None:
         result.get(timeout=30)
 
 
+class JoinClock:
+    """Times joins: a create by ``writer`` until a reader reports a pool of the expected size."""
+
+    def __init__(self, writer: KazooClient, service: str, base: int) -> None:
+        self.writer = writer
+        self.service = service
+        self.path = f"/services/{service}"
+        self.expected = base
+        self.arrived = threading.Event()
+        fill(writer, self.path, service, base)
+
+    def seen(self, size: int) -> None:
+        """What a reader calls with the pool size it now sees (on any thread)."""
+        if size >= self.expected:
+            self.arrived.set()
+
+    def run(self, changes: int) -> list[float]:
+        latencies = []
+        for i in range(changes):
+            self.expected += 1
+            self.arrived.clear()
+            data = codec.encode(self.service, ServiceInstance.parse("http://10.9.0.1:80", id=f"j{i}"))
+            start = time.perf_counter()
+            self.writer.create(f"{self.path}/j{i:05d}", data)
+            if not self.arrived.wait(10):
+                raise TimeoutError(f"no reader saw join {i} of {self.service}")
+            latencies.append(time.perf_counter() - start)
+        return latencies
+
+
 def measure_zklb(
     hosts: str, writer: KazooClient, service: str, base: int, changes: int
 ) -> tuple[list[float], float]:
-    path = f"/services/{service}"
-    fill(writer, path, service, base)
-    target = [base]
-    arrived = threading.Event()
-
-    def listener(m: Membership) -> None:
-        if len(m) >= target[0]:
-            arrived.set()
-
-    latencies = []
+    clock = JoinClock(writer, service, base)
     with ServiceWatcher(hosts, service) as watcher:
-        watcher.add_listener(listener)
+        watcher.add_listener(lambda m: clock.seen(len(m)))
         reads_before = watcher.read_count
-        for i in range(changes):
-            target[0] = base + i + 1
-            arrived.clear()
-            data = codec.encode(service, ServiceInstance.parse("http://10.9.0.1:80", id=f"j{i}"))
-            start = time.perf_counter()
-            writer.create(f"{path}/j{i:05d}", data)
-            if not arrived.wait(10):
-                raise TimeoutError("zklb listener not called")
-            latencies.append(time.perf_counter() - start)
+        latencies = clock.run(changes)
         reads_per_change = (watcher.read_count - reads_before) / changes
     return latencies, reads_per_change
 
 
 def measure_kazoo(hosts: str, writer: KazooClient, service: str, base: int, changes: int) -> list[float]:
-    path = f"/services/{service}"
-    fill(writer, path, service, base)
-    target = [base]
-    arrived = threading.Event()
-
-    def on_children(children: list[str]) -> None:
-        if len(children) >= target[0]:
-            arrived.set()
-
+    clock = JoinClock(writer, service, base)
     reader = KazooClient(hosts=hosts)
     reader.start(timeout=30)
-    latencies = []
     try:
-        ChildrenWatch(reader, path, on_children)
-        for i in range(changes):
-            target[0] = base + i + 1
-            arrived.clear()
-            data = codec.encode(service, ServiceInstance.parse("http://10.9.0.1:80", id=f"k{i}"))
-            start = time.perf_counter()
-            writer.create(f"{path}/k{i:05d}", data)
-            if not arrived.wait(10):
-                raise TimeoutError("ChildrenWatch not called")
-            latencies.append(time.perf_counter() - start)
+        ChildrenWatch(reader, clock.path, lambda children: clock.seen(len(children)))
+        return clock.run(changes)
     finally:
         reader.stop()
         reader.close()
-    return latencies
 
 
 def summary(latencies: list[float]) -> str:
