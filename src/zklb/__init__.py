@@ -16,12 +16,14 @@ from zklb.balancer import Lease, LoadBalancer
 from zklb.discovery import ServiceWatcher
 from zklb.errors import (
     ClosedError,
+    ConfigurationError,
     InvalidInstance,
     NoServerAvailable,
     RegistryError,
     UnknownStrategy,
     ZklbError,
 )
+from zklb.health import HealthPolicy, PoolStats
 from zklb.instance import ServiceInstance
 from zklb.membership import Membership
 from zklb.registry import Registration, Registry
@@ -41,7 +43,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClosedError",
+    "ConfigurationError",
     "ExponentialBackoff",
+    "HealthPolicy",
     "InstanceStats",
     "InvalidInstance",
     "Lease",
@@ -50,6 +54,7 @@ __all__ = [
     "Membership",
     "NoServerAvailable",
     "Picker",
+    "PoolStats",
     "Registration",
     "Registry",
     "RegistryError",

@@ -6,13 +6,15 @@ Private: the registry and the watcher use it; nothing above them imports kazoo.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from kazoo.client import KazooClient
+from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import ConnectionLoss, OperationTimeoutError, SessionExpiredError
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import WatchedEvent
 from kazoo.retry import KazooRetry
 from tenacity import (
     Retrying,
@@ -22,9 +24,20 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from zklb.errors import ClosedError, RegistryError
+from zklb.errors import ClosedError, ConfigurationError, RegistryError
+from zklb.health import Connection
 
-__all__ = ["TRANSIENT_ERRORS", "ClientHandle", "bounded_retry", "join_path"]
+__all__ = [
+    "DEFAULT_REQUEST_TIMEOUT",
+    "TRANSIENT_ERRORS",
+    "ClientHandle",
+    "bounded_retry",
+    "check_timeout",
+    "connection_state",
+    "drop_watches",
+    "join_path",
+    "session_id",
+]
 
 log = logging.getLogger("zklb")
 
@@ -39,8 +52,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 
-#: How long one ZooKeeper request may take before it counts as failed.
-REQUEST_TIMEOUT = 10.0
+#: How long one ZooKeeper request may take before it counts as failed, unless a constructor says otherwise.
+DEFAULT_REQUEST_TIMEOUT = 10.0
 
 
 def bounded_retry(func: Callable[[], T], *, attempts: int = 3, deadline: float = 10.0) -> T:
@@ -62,6 +75,57 @@ def join_path(*parts: str) -> str:
     """Join znode path parts with single slashes: ``join_path("/services/", "api")`` -> ``/services/api``."""
     joined = "/".join(part.strip("/") for part in parts if part.strip("/"))
     return "/" + joined
+
+
+def check_timeout(name: str, value: float, *, zero: bool = False) -> float:
+    """Return ``value`` as a float if it is a finite number of seconds (> 0, or >= 0 with ``zero``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be a finite number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not zero):
+        raise ConfigurationError(f"{name} must be {'>= 0' if zero else '> 0'} seconds, got {value!r}")
+    return float(value)
+
+
+def session_id(client: KazooClient) -> int | None:
+    """The client's ZooKeeper session id, or None while it has none (never connected, or closed).
+
+    kazoo's ``client_id`` is None in those states; reading ``client_id[0]`` there raised TypeError.
+    """
+    ident = client.client_id
+    return None if ident is None else int(ident[0])
+
+
+def connection_state(client: KazooClient | None) -> Connection:
+    """kazoo's connection state in zklb's words: ``"connected"``, ``"suspended"`` or ``"lost"``."""
+    if client is None:
+        return "lost"
+    state = client.state
+    if state == KazooState.CONNECTED:
+        return "connected"
+    if state == KazooState.SUSPENDED:
+        return "suspended"
+    return "lost"
+
+
+def drop_watches(
+    client: KazooClient, under: str, callbacks: tuple[Callable[[WatchedEvent], object], ...]
+) -> None:
+    """Remove ``callbacks`` from every watch kazoo holds on ``under`` and the znodes below it.
+
+    kazoo has no public call to drop a watch; its tables map a path to a set of callbacks, and a
+    component that closes must not leave its callbacks (and itself, through them) on a shared client.
+    A ``set.discard`` is atomic under the GIL, and the tables are copied before they are walked, so this
+    is safe beside kazoo's own thread; ZooKeeper's server-side watch fires once more and finds nothing.
+    """
+    prefix = under.rstrip("/") + "/"
+    for table_name in ("_child_watchers", "_data_watchers"):
+        table = getattr(client, table_name, None)
+        if not isinstance(table, dict):
+            continue
+        for path, watchers in tuple(table.items()):
+            if path == under or path.startswith(prefix):
+                for callback in callbacks:
+                    watchers.discard(callback)
 
 
 def check_root(root: str) -> str:
@@ -105,7 +169,7 @@ class ClientHandle:
         """True when zklb created this client and so stops it."""
         return self._hosts is not None
 
-    def get(self, timeout: float = REQUEST_TIMEOUT) -> KazooClient:
+    def get(self, timeout: float = DEFAULT_REQUEST_TIMEOUT) -> KazooClient:
         """The client, created and connected first if zklb owns it and has not yet."""
         with self._lock:
             if self._closed:
@@ -124,13 +188,24 @@ class ClientHandle:
             try:
                 client.start(timeout=timeout)
             except Exception as exc:
-                client.stop()
-                client.close()
+                _stop_quietly(client)
                 raise RegistryError(
                     f"could not connect to ZooKeeper at {self._hosts} within {timeout:g} s: {exc}"
                 ) from exc
             self._client = client
             return client
+
+    def reset(self) -> None:
+        """Stop an owned client after a failed start, so that the next ``get()`` connects afresh.
+
+        A borrowed client is left alone. Unlike ``close()``, the handle stays usable.
+        """
+        with self._lock:
+            client = self._client if self.owned else None
+            if client is not None:
+                self._client = None
+        if client is not None:
+            _stop_quietly(client)
 
     def peek(self) -> KazooClient | None:
         """The client if it exists, without creating it."""
@@ -142,8 +217,12 @@ class ClientHandle:
             self._closed = True
             client, owned = self._client, self.owned
         if client is not None and owned:
-            try:
-                client.stop()
-                client.close()
-            except Exception:  # closing must not fail the caller's shutdown
-                log.debug("error while stopping the kazoo client", exc_info=True)
+            _stop_quietly(client)
+
+
+def _stop_quietly(client: KazooClient) -> None:
+    try:
+        client.stop()
+        client.close()
+    except Exception:  # closing must not fail the caller's shutdown
+        log.debug("error while stopping the kazoo client", exc_info=True)

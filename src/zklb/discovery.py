@@ -3,27 +3,26 @@
 Rules of this module:
 
 - kazoo's watch callbacks and state listener only record *what* changed (children list, one child's
-  data, the session) under a short lock and wake the watcher's own thread; all reads happen there.
+  data, the session) under a short lock and schedule a sync on the client's zklb worker thread
+  (`zklb._worker`), shared by every watcher on that client; all reads happen there.
 - A change costs reads for the changed znodes only: the children list (one read) when children come or
   go, then one pipelined ``get_async`` per added child or per child whose data watch fired.
-- kazoo drops every watch when the connection drops. After any reconnect the watcher re-arms them with
-  one pipelined ``exists`` per known child and re-reads only the children whose ``mzxid`` moved.
+- kazoo drops every watch when the connection drops. After any reconnect the watcher waits a random
+  delay in ``[0, resync_delay]`` (so that a fleet of clients does not hit the ensemble in one burst),
+  then re-arms them with one pipelined ``exists`` per known child and re-reads only the children whose
+  ``mzxid`` moved.
 - While the session is SUSPENDED or LOST the last known membership stays published; nothing is
   cleared because ZooKeeper is away.
-- A missing service path is not an error: the watcher waits for it with an ``exists`` watch, and if the
-  path is deleted later it goes back to waiting.
-- A malformed child is skipped with one WARNING naming its path and the reason (again only when its
-  data changes); it never stops the watcher.
-- Every request is bounded (timeout + bounded retry); a failed pass keeps its work pending and runs
-  again on the next reconnect.
-- Listeners get immutable `Membership` snapshots on the watcher's thread, never under a lock; one that
-  raises is logged and the others still run.
+- ``start()`` is all or nothing: if the first membership is not loaded in time it undoes everything
+  (worker, state listener, kazoo watches, an owned client) and may be called again. ``close()`` removes
+  every callback the watcher put on the client; nothing revives a closed watcher.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -35,18 +34,23 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.protocol.states import EventType, WatchedEvent
 
+from zklb._worker import ClientWorker, Timer
 from zklb._zk import (
-    REQUEST_TIMEOUT,
+    DEFAULT_REQUEST_TIMEOUT,
     TRANSIENT_ERRORS,
     ClientHandle,
     bounded_retry,
     check_root,
     check_service,
+    check_timeout,
+    connection_state,
+    drop_watches,
     join_path,
 )
 from zklb.codecs import Codec
 from zklb.codecs.curator import CuratorCodec
 from zklb.errors import ClosedError, InvalidInstance, RegistryError
+from zklb.health import Connection
 from zklb.instance import ServiceInstance
 from zklb.membership import Membership
 
@@ -54,12 +58,16 @@ __all__ = ["MembershipListener", "ServiceWatcher"]
 
 log = logging.getLogger("zklb.discovery")
 
-#: Called with each new snapshot, on the watcher's thread.
+#: Called with each new snapshot, on the client's zklb worker thread.
 MembershipListener = Callable[[Membership], object]
+
+#: Seconds before a sync that failed while connected (e.g. a request timeout) is tried again.
+RETRY_DELAY = 1.0
 
 
 class _State(enum.Enum):
     NEW = "new"
+    STARTING = "starting"
     STARTED = "started"
     CLOSED = "closed"
 
@@ -77,6 +85,8 @@ class ServiceWatcher:
 
     ``client`` is a hosts string (the watcher makes, starts and stops its own kazoo client) or a started
     `KazooClient` (never stopped here). ``start()`` returns once the first membership is loaded.
+    ``request_timeout`` bounds each ZooKeeper request; ``resync_delay`` is the most a re-sync after a
+    reconnect is put off (a random share of it); ``rng`` makes that delay repeatable.
     """
 
     def __init__(
@@ -87,26 +97,36 @@ class ServiceWatcher:
         root: str = "/services",
         codec: Codec | None = None,
         session_timeout: float = 10.0,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        resync_delay: float = 1.0,
+        rng: random.Random | None = None,
     ) -> None:
         self.service = check_service(service)
         self.root = check_root(root)
         self.path = join_path(self.root, self.service)
         self.codec: Codec = codec or CuratorCodec()
+        self._request_timeout = check_timeout("request_timeout", request_timeout)
+        self._resync_delay = check_timeout("resync_delay", resync_delay, zero=True)
+        self._rng = rng if rng is not None else random.Random()
         self._handle = ClientHandle(client, session_timeout=session_timeout)
         self._client: KazooClient | None = None
+        self._worker: ClientWorker | None = None
         self._state = _State.NEW
+        self._state_lock = threading.Lock()
+        # Bumped each time the watcher stops following the client: tasks of an older run do nothing.
+        self._generation = 0
         self._membership = Membership(service=self.service, version=0)
         self._children: dict[str, _Child] = {}
         self._listeners: list[_Subscriber] = []
-        # Pending work, written by kazoo's threads and taken by ours; guarded by _lock.
+        # Pending work, written by kazoo's threads and taken by the worker; guarded by _lock.
         self._lock = threading.Lock()
         self._children_dirty = True
         self._rearm = False
         self._data_dirty: set[str] = set()
-        self._wake = threading.Event()
+        self._queued = False
+        self._timer: Timer | None = None
         self._loaded = threading.Event()
         self._published = threading.Condition()
-        self._thread: threading.Thread | None = None
         self._reads = 0
 
     # -- public API ---------------------------------------------------------------------------------
@@ -121,35 +141,51 @@ class ServiceWatcher:
         """ZooKeeper read requests (children lists, data, exists) issued so far; for tests and metrics."""
         return self._reads
 
-    def start(self, timeout: float = 10.0) -> Self:
+    @property
+    def connection(self) -> Connection:
+        """The client's connection to ZooKeeper: ``"connected"``, ``"suspended"`` or ``"lost"``."""
+        return connection_state(self._client)
+
+    @property
+    def loaded(self) -> bool:
+        """True once a first membership has been read from ZooKeeper."""
+        return self._loaded.is_set()
+
+    def start(self, timeout: float | None = None) -> Self:
         """Connect if needed, begin watching and return once the first membership is loaded.
 
-        Raises `RegistryError` if ZooKeeper does not answer within ``timeout`` seconds (the watcher keeps
-        trying in the background; ``close()`` it to give up).
+        Raises `RegistryError` if ZooKeeper does not answer within ``timeout`` seconds (default: the
+        request timeout); the watcher is then left as if never started (no thread, listener or watch
+        of it remains) and ``start()`` may be called again.
         """
-        if self._state is _State.CLOSED:
-            raise ClosedError(f"watcher of {self.path} is closed")
-        if self._state is _State.NEW:
-            self._state = _State.STARTED
-            self._client = self._handle.get(timeout)
-            self._client.add_listener(self._on_state)
-            self._thread = threading.Thread(target=self._run, name=f"zklb-watch-{self.service}", daemon=True)
-            self._thread.start()
-            self._wake.set()
-        if not self._loaded.wait(timeout):
-            raise RegistryError(f"membership of {self.path} not loaded within {timeout:g} s")
-        return self
+        timeout = self._request_timeout if timeout is None else timeout
+        with self._state_lock:
+            if self._state is _State.CLOSED:
+                raise ClosedError(f"watcher of {self.path} is closed")
+            first = self._state is _State.NEW
+            if first:
+                self._state = _State.STARTING
+        if first:
+            self._follow(timeout)
+        if self._loaded.wait(timeout):
+            return self
+        if first:
+            self._unfollow(reset=True)
+        raise RegistryError(f"membership of {self.path} not loaded within {timeout:g} s")
 
     def add_listener(self, listener: MembershipListener) -> None:
-        """Call ``listener(membership)`` on every new snapshot (on the watcher's thread, not kazoo's).
+        """Call ``listener(membership)`` on every new snapshot (on the zklb worker thread, not kazoo's).
 
         If a membership is already loaded the listener is first called with it (on the caller's
         thread), so it starts in sync. Each listener sees strictly growing versions, never an old
-        snapshot after a newer one.
+        snapshot after a newer one. Raises `ClosedError` once the watcher is closed.
         """
         subscriber = _Subscriber(listener)
-        with self._lock:
-            self._listeners.append(subscriber)
+        with self._state_lock:
+            if self._state is _State.CLOSED:
+                raise ClosedError(f"watcher of {self.path} is closed")
+            with self._lock:
+                self._listeners.append(subscriber)
         if self._loaded.is_set():
             subscriber.deliver(self._membership)
 
@@ -170,17 +206,19 @@ class ServiceWatcher:
             return True
 
     def close(self) -> None:
-        """Stop watching; the kazoo client is stopped only if the watcher created it. Idempotent."""
-        if self._state is _State.CLOSED:
-            return
-        self._state = _State.CLOSED
-        self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=REQUEST_TIMEOUT * 2)
-        client = self._client
-        if client is not None:
-            client.remove_listener(self._on_state)
-            # kazoo has no API to drop a watch; ours become no-ops once closed.
+        """Stop watching and remove every callback put on the client. Idempotent; never reopens.
+
+        The kazoo client is stopped only if the watcher created it.
+        """
+        with self._state_lock:
+            if self._state is _State.CLOSED:
+                return
+            following = self._state is not _State.NEW
+            self._state = _State.CLOSED
+        with self._lock:
+            self._listeners = []
+        if following:
+            self._unfollow(reset=False)
         self._handle.close()
 
     def __enter__(self) -> Self:
@@ -195,7 +233,78 @@ class ServiceWatcher:
         m = self._membership
         return f"<ServiceWatcher {self.path} {self._state.value} version={m.version} instances={len(m)}>"
 
-    # -- kazoo callbacks: record and wake, nothing else --------------------------------------------------
+    # -- following the client ---------------------------------------------------------------------------
+
+    def _follow(self, timeout: float) -> None:
+        """Attach to the client's worker and schedule the first sync (the STARTING half of start)."""
+        try:
+            client = self._handle.get(timeout)
+        except BaseException:
+            with self._state_lock:
+                if self._state is _State.STARTING:
+                    self._state = _State.NEW
+            raise
+        worker = ClientWorker.attach(client)
+        with self._state_lock:
+            if self._state is _State.CLOSED:  # closed while connecting
+                worker.detach(self._request_timeout)
+                raise ClosedError(f"watcher of {self.path} is closed")
+            self._client, self._worker = client, worker
+            self._state = _State.STARTED
+            with self._lock:
+                self._children_dirty = True
+            worker.subscribe(self._on_state)
+            self._schedule(0.0)
+
+    def _unfollow(self, *, reset: bool) -> None:
+        """Undo `_follow`: no listener, timer, kazoo watch or worker use of this watcher remains."""
+        with self._state_lock:
+            self._generation += 1
+            worker, client = self._worker, self._client
+            self._worker = None
+            if reset and self._state is not _State.CLOSED:
+                self._state = _State.NEW
+            with self._lock:
+                timer, self._timer, self._queued = self._timer, None, False
+                self._children = {}
+                self._children_dirty, self._rearm, self._data_dirty = True, False, set()
+        if timer is not None:
+            timer.cancel()
+        if worker is not None:
+            worker.unsubscribe(self._on_state)
+        if client is not None:
+            drop_watches(client, self.path, (self._on_children, self._on_data))
+        if worker is not None:
+            worker.detach(self._request_timeout)
+        if reset:
+            self._loaded.clear()
+            self._handle.reset()
+            self._client = None
+
+    def _schedule(self, delay: float) -> None:
+        """Run a sync on the worker after ``delay`` seconds (now if 0), coalescing with one pending."""
+        worker = self._worker
+        if worker is None:
+            return
+        generation = self._generation
+        with self._lock:
+            if self._queued:
+                return
+            if delay <= 0:
+                self._queued = True
+                timer, self._timer = self._timer, None
+                if timer is not None:
+                    timer.cancel()
+            elif self._timer is not None:
+                return
+        if delay <= 0:
+            worker.call_soon(lambda: self._step(generation))
+        else:
+            timer = worker.call_later(delay, lambda: self._schedule(0.0))
+            with self._lock:
+                self._timer = timer
+
+    # -- kazoo callbacks: record and schedule, nothing else -------------------------------------------
 
     def _on_state(self, state: str) -> None:
         if state == KazooState.CONNECTED:
@@ -203,17 +312,18 @@ class ServiceWatcher:
                 # kazoo forgot every watch when the connection dropped: re-arm them all.
                 self._rearm = True
                 self._children_dirty = True
-            self._wake.set()
+            # Spread re-syncs out; the first load does not wait.
+            self._schedule(self._rng.uniform(0.0, self._resync_delay) if self._loaded.is_set() else 0.0)
 
     def _on_children(self, event: WatchedEvent) -> None:
-        if event.type == EventType.NONE or self._state is _State.CLOSED:
+        if event.type == EventType.NONE or self._state is not _State.STARTED:
             return  # connection-state notice; the CONNECTED listener handles recovery
         with self._lock:
             self._children_dirty = True
-        self._wake.set()
+        self._schedule(0.0)
 
     def _on_data(self, event: WatchedEvent) -> None:
-        if event.type == EventType.NONE or self._state is _State.CLOSED:
+        if event.type == EventType.NONE or self._state is not _State.STARTED:
             return
         with self._lock:
             if event.path == self.path:
@@ -222,44 +332,46 @@ class ServiceWatcher:
                 self._data_dirty.add(event.path.rsplit("/", 1)[-1])
             else:
                 self._children_dirty = True
-        self._wake.set()
+        self._schedule(0.0)
 
-    # -- the watcher thread -----------------------------------------------------------------------------
+    # -- the sync, on the worker thread -----------------------------------------------------------------
 
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._state is _State.CLOSED:
-                return
+    def _step(self, generation: int) -> None:
+        with self._lock:
+            self._queued = False
+        client = self._client
+        if generation != self._generation or self._state is not _State.STARTED or client is None:
+            return
+        if not client.connected:
+            return  # the CONNECTED listener schedules the next sync
+        with self._lock:
+            children_dirty, self._children_dirty = self._children_dirty, False
+            rearm, self._rearm = self._rearm, False
+            data_dirty, self._data_dirty = self._data_dirty, set()
+        if not (children_dirty or rearm or data_dirty):
+            return
+        try:
+            self._sync(client, children_dirty or rearm, rearm, data_dirty)
+        except (KazooException, *TRANSIENT_ERRORS) as exc:
+            # Keep the work for later; the last membership stays published meanwhile.
+            log.info("membership sync of %s deferred: %r", self.path, exc)
             with self._lock:
-                children_dirty, self._children_dirty = self._children_dirty, False
-                rearm, self._rearm = self._rearm, False
-                data_dirty, self._data_dirty = self._data_dirty, set()
-            if not (children_dirty or rearm or data_dirty):
-                continue
-            try:
-                self._sync(children_dirty or rearm, rearm, data_dirty)
-            except (KazooException, *TRANSIENT_ERRORS) as exc:
-                # Keep the work for the next reconnect; the last membership stays published meanwhile.
-                log.info("membership sync of %s deferred: %r", self.path, exc)
-                with self._lock:
-                    self._children_dirty = True
-                    self._rearm = self._rearm or rearm
-                    self._data_dirty |= data_dirty
-                client = self._client
-                if client is not None and client.connected:
-                    # Connected but failing (e.g. a timeout): try again shortly rather than wait forever.
-                    threading.Timer(1.0, self._wake.set).start()
-            except Exception:  # a bug here must not kill the only thread that keeps membership fresh
-                log.exception("unexpected error syncing membership of %s", self.path)
+                self._children_dirty = True
+                self._rearm = self._rearm or rearm
+                self._data_dirty |= data_dirty
+            if client.connected:
+                # Connected but failing (e.g. a timeout): try again shortly rather than wait forever.
+                self._schedule(RETRY_DELAY * (0.5 + self._rng.random()))
+        except Exception:  # a bug here must not stop the updates of this or any other watcher
+            log.exception("unexpected error syncing membership of %s", self.path)
+        if generation != self._generation:
+            # Stopped following while this sync ran: take back the watches it may have set.
+            drop_watches(client, self.path, (self._on_children, self._on_data))
 
     def _read(self, count: int = 1) -> None:
         self._reads += count
 
-    def _sync(self, list_children: bool, rearm: bool, data_dirty: set[str]) -> None:
-        client = self._client
-        assert client is not None
+    def _sync(self, client: KazooClient, list_children: bool, rearm: bool, data_dirty: set[str]) -> None:
         known = self._children
         changed = False
         to_read: set[str] = set()
@@ -282,20 +394,22 @@ class ServiceWatcher:
 
     def _list_children(self, client: KazooClient) -> list[str] | None:
         """The children of the service path, with a watch; None (and an exists watch) if it is absent."""
+        timeout = self._request_timeout
+        path = self.path
         while True:
             try:
                 self._read()
                 names: list[str] = bounded_retry(
-                    lambda: client.get_children_async(self.path, watch=self._on_children).get(
-                        timeout=REQUEST_TIMEOUT
-                    )
+                    lambda: client.get_children_async(path, watch=self._on_children).get(timeout=timeout),
+                    deadline=timeout,
                 )
                 return names
             except NoNodeError:
                 pass
             self._read()
             stat = bounded_retry(
-                lambda: client.exists_async(self.path, watch=self._on_data).get(timeout=REQUEST_TIMEOUT)
+                lambda: client.exists_async(path, watch=self._on_data).get(timeout=timeout),
+                deadline=timeout,
             )
             if stat is None:
                 return None
@@ -307,7 +421,7 @@ class ServiceWatcher:
         self._read(len(pending))
         moved = set()
         for name, result in pending.items():
-            stat = result.get(timeout=REQUEST_TIMEOUT)
+            stat = result.get(timeout=self._request_timeout)
             if stat is None or stat.mzxid != known[name].mzxid:
                 moved.add(name)
         return moved
@@ -322,7 +436,7 @@ class ServiceWatcher:
         changed = False
         for name, result in pending.items():
             try:
-                data, stat = result.get(timeout=REQUEST_TIMEOUT)
+                data, stat = result.get(timeout=self._request_timeout)
             except NoNodeError:
                 changed |= known.pop(name, None) is not None
                 continue

@@ -6,8 +6,9 @@ Every error zklb raises on purpose derives from one root::
     ├── InvalidInstance        a URL, host, port, weight or znode payload that is not a valid instance
     ├── UnknownStrategy        a strategy name that is not registered (the message lists the valid ones)
     ├── NoServerAvailable      the pool is empty, or every candidate was excluded
-    ├── RegistryError          ZooKeeper refused or failed a registry operation
-    └── ClosedError            a component was used after ``close()``
+    ├── RegistryError          ZooKeeper refused or failed a registry operation, or did not answer in time
+    ├── ClosedError            a component was used after ``close()``
+    └── ConfigurationError     a setting (a policy, a timeout) out of its range
 
 ZooKeeper (kazoo) errors are translated at the edge, in the registry and watcher modules, with
 ``raise ... from exc`` so the original stays on ``__cause__``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 __all__ = [
     "ClosedError",
+    "ConfigurationError",
     "InvalidInstance",
     "NoServerAvailable",
     "RegistryError",
@@ -61,3 +63,7 @@ class RegistryError(ZklbError):
 
 class ClosedError(ZklbError, RuntimeError):
     """A component was used after ``close()``; components cannot be reopened."""
+
+
+class ConfigurationError(ZklbError, ValueError):
+    """A setting out of its range: a health policy, a timeout, a delay. The message names the setting."""

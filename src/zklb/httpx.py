@@ -275,6 +275,9 @@ class AsyncLoadBalancedTransport(httpx.AsyncBaseTransport):
         """Send ``request`` to an instance (retrying on others as the policy allows)."""
         if not self._core.balances(request):
             return await self._transport.handle_async_request(request)
+        lb = self._core.lb
+        if not lb.started:
+            await lb.astart()  # a first request must not block the event loop while ZooKeeper answers
         return await self._core.attempts(request).arun(functools.partial(self._send, request))
 
     async def _send(self, request: httpx.Request, lease: Lease) -> httpx.Response:

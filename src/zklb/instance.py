@@ -15,12 +15,14 @@ from urllib.parse import urlsplit
 
 from zklb.errors import InvalidInstance
 
-__all__ = ["DEFAULT_PORTS", "MAX_WEIGHT", "SCHEMES", "ServiceInstance"]
+__all__ = ["DEFAULT_PORTS", "DRAINING_STATUSES", "MAX_WEIGHT", "SCHEMES", "ServiceInstance"]
 
 #: Schemes an instance may be reached with.
 SCHEMES = frozenset({"http", "https"})
 #: Port used when a URL names none.
 DEFAULT_PORTS: Mapping[str, int] = MappingProxyType({"http": 80, "https": 443})
+#: ``instance_status`` metadata values that take an instance out of rotation (Spring Cloud Zookeeper's).
+DRAINING_STATUSES = frozenset({"OUT_OF_SERVICE", "DOWN"})
 #: Largest weight accepted; bounds the work weighted strategies do per membership change.
 MAX_WEIGHT = 1_000_000
 
@@ -190,6 +192,12 @@ class ServiceInstance:
     def address(self) -> tuple[str, int]:
         """``(host, port)``, e.g. for a socket connect."""
         return (self.host, self.port)
+
+    @property
+    def draining(self) -> bool:
+        """True when the registration asks for no new requests: ``instance_status`` metadata
+        ``OUT_OF_SERVICE`` or ``DOWN`` (Spring Cloud Zookeeper's values), as `Registration.drain` writes."""
+        return self.metadata.get("instance_status", "UP").upper() in DRAINING_STATUSES
 
     @property
     def zone(self) -> str | None:

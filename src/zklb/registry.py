@@ -1,50 +1,67 @@
-"""Registering instances: ephemeral znodes that come back by themselves after session loss.
+"""Registering instances: a reconciler that makes ZooKeeper hold exactly the registrations a process wants.
 
 Rules of this module:
 
-- A `Registration` owns one ephemeral znode ``/<root>/<service>/<id>`` and remembers the data it should
-  hold. ``update()`` changes that desired data first, then writes it; if ZooKeeper is away, the write
-  happens when the session is back, so an update is never lost.
-- kazoo's state listener only sets a flag and wakes the registry's own thread ("zklb-registry"); all
-  ZooKeeper work (re-creating znodes after session expiry, pending updates and deletes) runs there,
-  never on kazoo's threads.
-- Re-creation handles ``NodeExistsError``: a znode already owned by this session is ours (its data is
-  brought up to date); one left by another session is replaced, so there is never a duplicate.
+- The `Registry` keeps *desired state*: the registrations it holds (each with the data its znode should
+  have) and *tombstones*, paths that must not stay owned by this session (closed registrations, and
+  registrations whose ``register()`` gave up while a create could still reach the server). One
+  reconcile pass makes ZooKeeper match: create what is missing (after a session expiry too), bring
+  data up to date, delete tombstoned znodes that are ours. Callers change desired state and wait,
+  with a deadline, for a pass to confirm it; they never talk to ZooKeeper themselves.
+- Passes run on the client's zklb worker thread (`zklb._worker`), only while connected: after each
+  reconnect, after each change, and after a failure on a timer with backoff and jitter. kazoo's
+  state listener only schedules a pass.
+- A znode on our path owned by another live session is never deleted: the pass logs an error naming
+  both sessions and keeps retrying until that session's znode goes.
+- ``register()`` returns a registration whose znode is in ZooKeeper, or raises `RegistryError` within
+  its timeout; then the path is tombstoned, so a create that kazoo sends later (it queues requests
+  made while disconnected) is deleted by the next pass: no ghost.
+- ``close()`` takes at most one timeout in all. With an owned client, stopping it ends the session,
+  which removes every ephemeral znode at once. With a borrowed one, deletes that could not be done in
+  time stay tombstoned and are done on reconnect, for as long as that client lives.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import functools
 import logging
+import random
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 
+from zklb._worker import ClientWorker, Timer
 from zklb._zk import (
-    REQUEST_TIMEOUT,
+    DEFAULT_REQUEST_TIMEOUT,
     TRANSIENT_ERRORS,
     ClientHandle,
-    bounded_retry,
     check_root,
     check_service,
+    check_timeout,
     join_path,
+    session_id,
 )
 from zklb.codecs import Codec
 from zklb.codecs.curator import CuratorCodec
 from zklb.errors import ClosedError, RegistryError
 from zklb.instance import ServiceInstance, check_weight
 
-__all__ = ["Registration", "Registry"]
+__all__ = ["DRAINING_STATUS", "Registration", "Registry"]
 
 log = logging.getLogger("zklb.registry")
+
+#: The ``instance_status`` metadata value `Registration.drain` writes (Spring Cloud Zookeeper's word).
+DRAINING_STATUS = "OUT_OF_SERVICE"
+#: Longest wait between two reconcile attempts while ZooKeeper keeps failing a request.
+MAX_BACKOFF = 5.0
 
 
 class _State(enum.Enum):
@@ -53,7 +70,7 @@ class _State(enum.Enum):
 
 
 class Registration:
-    """One registered instance: its ephemeral znode, kept present until ``close()``.
+    """One registered instance: its ephemeral znode, kept present (and up to date) until ``close()``.
 
     Made by `Registry.register`; use it as a context manager or call ``close()``.
     """
@@ -63,9 +80,12 @@ class Registration:
         self.service = service
         self.path = join_path(registry.root, service, instance.id)
         self._instance = instance
+        self._data = registry.codec.encode(service, instance)
         self._state = _State.OPEN
-        # Set when the znode may not match the desired data (a write failed while ZooKeeper was away).
-        self._dirty = False
+        # (session id, data) last confirmed in ZooKeeper by a reconcile pass; None: not confirmed.
+        self._applied: tuple[int, bytes] | None = None
+        self._error: str | None = None  # why the last pass could not confirm it, for RegistryError
+        self._closing = threading.Event()
 
     @property
     def instance(self) -> ServiceInstance:
@@ -77,34 +97,60 @@ class Registration:
         """True once ``close()`` was called."""
         return self._state is _State.CLOSED
 
-    def update(self, *, weight: int | None = None, metadata: Mapping[str, str] | None = None) -> None:
+    @property
+    def draining(self) -> bool:
+        """True once ``drain()`` marked the instance out of service."""
+        return self._instance.draining
+
+    def update(
+        self,
+        *,
+        weight: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> bool:
         """Change the weight and/or metadata of this instance in place (the same znode, ``set_data``).
 
-        Invalid values raise `InvalidInstance` and change nothing. If ZooKeeper is unreachable the new
-        data is kept and written as soon as the session is back.
+        Invalid values raise `InvalidInstance` and change nothing. Waits up to ``timeout`` seconds
+        (default: the registry's request timeout) for ZooKeeper to hold the new data and returns True;
+        if it is unreachable, returns False and the data is written as soon as the session is back.
         """
         if self.closed:
             raise ClosedError(f"registration {self.path} is closed")
         current = self._instance
-        updated = ServiceInstance(
-            id=current.id,
-            host=current.host,
-            port=current.port,
-            scheme=current.scheme,
+        updated = dataclasses.replace(
+            current,
             weight=current.weight if weight is None else check_weight(weight),
             metadata=current.metadata if metadata is None else metadata,
-            registered_at=current.registered_at,
         )
-        self._instance = updated
-        self._dirty = True
-        self._registry._write(self)
+        data = self._registry.codec.encode(self.service, updated)
+        self._instance, self._data = updated, data
+        return self._registry._apply(self, timeout)
 
-    def close(self) -> None:
-        """Delete the znode and stop maintaining it. Idempotent."""
+    def drain(self, *, timeout: float | None = None) -> bool:
+        """Take the instance out of rotation without deregistering it: new requests stop, in-flight ones end.
+
+        Writes ``instance_status = "OUT_OF_SERVICE"`` in the payload's metadata (which Spring Cloud
+        Zookeeper's clients honour too); zklb balancers stop picking it and count it as draining.
+        Returns as `update` does.
+        """
+        return self.update(
+            metadata={**self._instance.metadata, "instance_status": DRAINING_STATUS}, timeout=timeout
+        )
+
+    def close(self, drain: float = 0.0) -> None:
+        """Delete the znode and stop maintaining it. Idempotent.
+
+        With ``drain`` seconds, first `drain` and wait that long (cut short if the registry closes),
+        so that clients stop sending new requests while the ones in flight finish.
+        """
         if self.closed:
             return
+        if drain > 0:
+            self.drain()
+            self._closing.wait(drain)
         self._state = _State.CLOSED
-        self._registry._forget(self)
+        self._registry._deregister(self)
 
     def __enter__(self) -> Self:
         return self
@@ -124,7 +170,8 @@ class Registry:
 
     ``client`` is a hosts string (``"127.0.0.1:2181"``; the registry makes, starts and stops its own kazoo
     client) or a started `KazooClient` (never stopped here). Instances are stored with ``codec``
-    (Curator x-discovery JSON by default) under ``root``.
+    (Curator x-discovery JSON by default) under ``root``. ``request_timeout`` bounds each call that
+    waits for ZooKeeper (``register()``, ``update()``, ``close()``); ``rng`` makes retry jitter repeatable.
     """
 
     def __init__(
@@ -134,18 +181,26 @@ class Registry:
         root: str = "/services",
         codec: Codec | None = None,
         session_timeout: float = 10.0,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        rng: random.Random | None = None,
     ) -> None:
         self.root = check_root(root)
         self.codec: Codec = codec or CuratorCodec()
+        self._request_timeout = check_timeout("request_timeout", request_timeout)
+        self._rng = rng if rng is not None else random.Random()
         self._handle = ClientHandle(client, session_timeout=session_timeout)
-        self._lock = threading.Lock()
-        self._registrations: dict[str, Registration] = {}
-        self._pending_deletes: set[str] = set()
-        self._wake = threading.Event()
-        self._resync = False
-        self._thread: threading.Thread | None = None
+        self._cond = threading.Condition(threading.Lock())  # guards the state below; notified per pass
+        self._desired: dict[str, Registration] = {}
+        # Path -> the session that may own a znode there (None: whichever session comes next).
+        self._tombstones: dict[str, int | None] = {}
+        self._conflicts: dict[str, int] = {}  # path -> foreign owner already logged
         self._client: KazooClient | None = None
+        self._worker: ClientWorker | None = None
+        self._queued = False
+        self._timer: Timer | None = None
+        self._failures = 0
         self._closed = False
+        self._start_lock = threading.Lock()
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -157,13 +212,16 @@ class Registry:
         weight: int = 1,
         metadata: Mapping[str, str] | None = None,
         id: str | None = None,
+        timeout: float | None = None,
     ) -> Registration:
         """Register ``server`` (a URL such as ``"http://10.0.0.2:8080"`` or a `ServiceInstance`).
 
-        Creates the ephemeral znode before returning. A bad URL or weight raises `InvalidInstance` and
-        writes nothing; a ZooKeeper failure raises `RegistryError`.
+        Returns once the ephemeral znode is in ZooKeeper. A bad URL or weight raises `InvalidInstance`
+        and writes nothing; if ZooKeeper does not confirm within ``timeout`` seconds (default: the
+        request timeout), `RegistryError`, and no znode for it appears later.
         """
         check_service(service)
+        timeout = self._request_timeout if timeout is None else check_timeout("timeout", timeout)
         if isinstance(server, ServiceInstance):
             instance = server
         else:
@@ -171,48 +229,69 @@ class Registry:
         if instance.registered_at is None:
             # Fixed once, so that re-writing the same registration writes the same bytes.
             instance = dataclasses.replace(instance, registered_at=datetime.now(UTC))
-        client = self._ensure_started()
+        deadline = time.monotonic() + timeout
+        self._ensure_started(timeout)
         registration = Registration(self, service, instance)
-        data = self.codec.encode(service, instance)
-        with self._lock:
-            if registration.path in self._registrations:
+        with self._cond:
+            if self._closed:
+                raise ClosedError("registry is closed")
+            if registration.path in self._desired:
                 raise RegistryError(f"{registration.path} is already registered by this registry")
-        try:
-            bounded_retry(lambda: self._create(client, registration.path, data, adopt_foreign=False))
-        except NodeExistsError as exc:
-            raise RegistryError(
-                f"{registration.path} is already registered by another ZooKeeper session; choose another id"
-            ) from exc
-        except (KazooException, *TRANSIENT_ERRORS) as exc:
-            raise RegistryError(f"could not register {instance.url} at {registration.path}: {exc!r}") from exc
-        with self._lock:
-            self._registrations[registration.path] = registration
-            self._pending_deletes.discard(registration.path)
-        log.info("registered %s at %s", instance.url, registration.path)
-        return registration
+            self._desired[registration.path] = registration
+            self._tombstones.pop(registration.path, None)
+        self._schedule(0.0)
+        if self._wait(lambda: _confirmed(registration) or registration.closed, deadline - time.monotonic()):
+            if registration.closed:
+                raise ClosedError("registry closed while registering")
+            log.info("registered %s at %s", instance.url, registration.path)
+            return registration
+        # Give up, and make sure a create still on its way to the server is undone.
+        with self._cond:
+            if self._desired.get(registration.path) is registration:
+                del self._desired[registration.path]
+            self._tombstones[registration.path] = self._session()
+            registration._state = _State.CLOSED
+            reason = registration._error or "ZooKeeper did not answer"
+        self._schedule(0.0)
+        raise RegistryError(
+            f"could not register {instance.url} at {registration.path} within {timeout:g} s: {reason}"
+        )
 
     def registrations(self) -> tuple[Registration, ...]:
         """The open registrations of this registry."""
-        with self._lock:
-            return tuple(self._registrations.values())
+        with self._cond:
+            return tuple(self._desired.values())
 
-    def close(self) -> None:
-        """Delete every registration's znode, stop the registry's thread and, if owned, the client."""
-        with self._lock:
+    def close(self, timeout: float | None = None) -> None:
+        """Deregister everything and stop; at most ``timeout`` seconds (default: the request timeout) in all.
+
+        An owned client is stopped, which ends its session and so removes every znode at once. On a
+        borrowed client the deletes are made now if ZooKeeper answers in time, else on reconnect.
+        """
+        timeout = self._request_timeout if timeout is None else timeout
+        with self._cond:
             if self._closed:
                 return
-            registrations = list(self._registrations.values())
-        for registration in registrations:
-            registration.close()
-        with self._lock:
             self._closed = True
-        self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=REQUEST_TIMEOUT)
-        client = self._client
-        if client is not None:
-            client.remove_listener(self._on_state)
-        self._handle.close()
+            session = self._session()
+            for registration in self._desired.values():
+                registration._state = _State.CLOSED
+                registration._closing.set()
+                self._tombstones[registration.path] = session
+            self._desired.clear()
+            self._cond.notify_all()
+        if self._worker is None:
+            self._handle.close()
+            return
+        if self._handle.owned:
+            self._retire()
+            self._handle.close()
+            return
+        self._schedule(0.0)
+        if not self._wait(lambda: not self._tombstones, timeout):
+            with self._cond:
+                pending = sorted(self._tombstones)
+            log.warning("deregistration of %s deferred until ZooKeeper is back", ", ".join(pending))
 
     def __enter__(self) -> Self:
         return self
@@ -222,139 +301,216 @@ class Registry:
     ) -> None:
         self.close()
 
-    # -- internals ----------------------------------------------------------------------------------
+    # -- what registrations call ----------------------------------------------------------------------
 
-    def _ensure_started(self) -> KazooClient:
-        with self._lock:
+    def _apply(self, registration: Registration, timeout: float | None) -> bool:
+        """Have a pass write ``registration``'s new data; True once ZooKeeper holds it."""
+        timeout = self._request_timeout if timeout is None else timeout
+        if self._worker is None:
+            return False
+        self._schedule(0.0)
+        if self._wait(lambda: _confirmed(registration) or registration.closed, timeout):
+            return not registration.closed
+        log.warning("update of %s deferred until ZooKeeper is back", registration.path)
+        return False
+
+    def _deregister(self, registration: Registration) -> None:
+        with self._cond:
+            if self._desired.get(registration.path) is not registration:
+                return
+            del self._desired[registration.path]
+            self._tombstones[registration.path] = self._session()
+        if self._worker is None:
+            return
+        self._schedule(0.0)
+        if self._wait(lambda: registration.path not in self._tombstones, self._request_timeout):
+            log.info("deregistered %s", registration.path)
+        else:
+            log.warning("delete of %s deferred until ZooKeeper is back", registration.path)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def _ensure_started(self, timeout: float) -> None:
+        with self._start_lock:
             if self._closed:
                 raise ClosedError("registry is closed")
-            if self._client is not None:
-                return self._client
-        client = self._handle.get()
-        with self._lock:
-            if self._client is None:
-                self._client = client
-                client.add_listener(self._on_state)
-                self._thread = threading.Thread(target=self._run, name="zklb-registry", daemon=True)
-                self._thread.start()
-            return self._client
+            if self._worker is not None:
+                return
+            client = self._handle.get(timeout)
+            worker = ClientWorker.attach(client)
+            self._client, self._worker = client, worker
+            worker.subscribe(self._on_state)
+
+    def _retire(self) -> None:
+        """Leave the client's worker: after close, once nothing is left to delete."""
+        with self._cond:
+            worker, self._worker = self._worker, None
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        if worker is not None:
+            worker.unsubscribe(self._on_state)
+            worker.detach(self._request_timeout)
+
+    def _session(self) -> int | None:
+        client = self._client
+        return None if client is None else session_id(client)
+
+    def _wait(self, done: Callable[[], object], timeout: float) -> bool:
+        """Wait until ``done()`` holds (checked after each pass); a pass runs inline on the worker thread."""
+        worker = self._worker
+        if worker is not None and worker.on_worker_thread():
+            self._reconcile()  # called from a zklb listener: waiting for the worker would wait for ourselves
+            return bool(done())
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._cond:
+            while not done():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    # -- scheduling -----------------------------------------------------------------------------------
 
     def _on_state(self, state: str) -> None:
-        # Runs on kazoo's connection thread: only flip a flag and wake our own thread. Every reconnect
-        # re-checks the znodes (one read each): after an expiry they are gone and must be re-created.
+        # On kazoo's thread: schedule only. Every reconnect re-checks the znodes (after an expiry they
+        # are gone and must be re-created; after a plain reconnect, queued requests may have landed).
         if state == KazooState.CONNECTED:
-            self._resync = True
-            self._wake.set()
+            self._schedule(0.0)
+        elif state == KazooState.LOST and self._closed:
+            with self._cond:
+                self._tombstones.clear()  # the session is over: its ephemeral znodes went with it
+                self._cond.notify_all()
+            worker = self._worker
+            if worker is not None:
+                worker.call_soon(self._retire)
 
-    def _create(self, client: KazooClient, path: str, data: bytes, *, adopt_foreign: bool) -> None:
-        """Create ``path`` as ours; an existing znode of this session is updated, a foreign one replaced."""
-        try:
-            client.create_async(path, data, ephemeral=True, makepath=True).get(timeout=REQUEST_TIMEOUT)
+    def _schedule(self, delay: float) -> None:
+        worker = self._worker
+        if worker is None:
             return
-        except NodeExistsError:
-            pass
-        current, stat = client.get_async(path).get(timeout=REQUEST_TIMEOUT)
-        if stat.ephemeralOwner == client.client_id[0]:
-            # Our own create went through before a connection loss hid the answer.
-            if current != data:
-                client.set_async(path, data, version=stat.version).get(timeout=REQUEST_TIMEOUT)
-            return
-        if not adopt_foreign:
-            raise NodeExistsError()
-        # Left by a session that is gone from our point of view (we registered this id ourselves).
-        log.warning("replacing %s left by ZooKeeper session 0x%x", path, stat.ephemeralOwner)
-        with contextlib.suppress(NoNodeError):
-            client.delete_async(path, version=stat.version).get(timeout=REQUEST_TIMEOUT)
-        client.create_async(path, data, ephemeral=True, makepath=True).get(timeout=REQUEST_TIMEOUT)
+        with self._cond:
+            if self._queued:
+                return
+            if delay > 0:
+                if self._timer is None:
+                    self._timer = worker.call_later(delay, lambda: self._schedule(0.0))
+                return
+            self._queued = True
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        worker.call_soon(self._reconcile)
 
-    def _write(self, registration: Registration) -> None:
-        """Bring ``registration``'s znode to its desired data now, or leave it for the registry thread."""
+    # -- the reconcile pass, on the worker thread -----------------------------------------------------
+
+    def _reconcile(self) -> None:
+        with self._cond:
+            self._queued = False
         client = self._client
-        if client is None:
+        if client is None or not client.connected:
+            return  # the next CONNECTED schedules a pass
+        session = session_id(client)
+        if session is None:
             return
-        try:
-            self._ensure_registered(client, registration)
-        except (KazooException, *TRANSIENT_ERRORS) as exc:
-            log.warning("update of %s deferred until ZooKeeper is back: %r", registration.path, exc)
-            self._wake.set()
+        with self._cond:
+            # Tombstones of an earlier session are moot: that session's znodes died with it.
+            for path in [p for p, s in self._tombstones.items() if s is not None and s != session]:
+                del self._tombstones[path]
+            tombstones = list(self._tombstones)
+            pending = [r for r in self._desired.values() if r._applied != (session, r._data)]
+        ok = True
+        for path in tombstones:
+            ok &= self._attempt(path, functools.partial(self._delete_if_ours, client, session, path), None)
+        for registration in pending:
+            data = registration._data
+            ensure = functools.partial(self._ensure, client, session, registration.path, data)
+            done = self._attempt(registration.path, ensure, registration)
+            if done:
+                with self._cond:
+                    registration._applied = (session, data)
+                    registration._error = None
+            ok &= done
+        with self._cond:
+            self._cond.notify_all()
+            idle = self._closed and not self._tombstones
+            self._failures = 0 if ok else self._failures + 1
+            failures = self._failures
+        if idle:
+            self._retire()
+        elif not ok and client.connected:
+            backoff = min(MAX_BACKOFF, 0.05 * 2 ** min(failures, 16))
+            self._schedule(backoff * (0.5 + self._rng.random()))
 
-    def _forget(self, registration: Registration) -> None:
-        with self._lock:
-            self._registrations.pop(registration.path, None)
-        client = self._client
-        if client is None:
-            return
+    def _attempt(self, path: str, action: Callable[[], object], registration: Registration | None) -> bool:
+        """Run one ZooKeeper action of a pass; False (and the reason noted) if it must be retried."""
         try:
-            bounded_retry(lambda: self._delete_if_ours(client, registration.path))
-            log.info("deregistered %s", registration.path)
+            action()
+            return True
+        except _Conflict as conflict:
+            error = str(conflict)
         except (KazooException, *TRANSIENT_ERRORS) as exc:
-            # The znode dies with the session anyway; if the session survives, the thread deletes it.
-            log.warning("delete of %s deferred until ZooKeeper is back: %r", registration.path, exc)
-            with self._lock:
-                self._pending_deletes.add(registration.path)
-            self._wake.set()
+            error = repr(exc)
+            log.info("registry: %s not reconciled yet: %s", path, error)
+        except Exception as exc:  # a bug must not stop the passes that keep registrations alive
+            error = repr(exc)
+            log.exception("registry: unexpected error reconciling %s", path)
+        if registration is not None:
+            registration._error = error
+        return False
 
-    def _delete_if_ours(self, client: KazooClient, path: str) -> None:
+    def _ensure(self, client: KazooClient, session: int, path: str, data: bytes) -> None:
+        """Make ``path`` exist, owned by ``session``, holding ``data``."""
+        timeout = self._request_timeout
+        for _ in range(3):  # a znode that comes and goes between our calls: look again
+            try:
+                current, stat = client.get_async(path).get(timeout=timeout)
+            except NoNodeError:
+                try:
+                    client.create_async(path, data, ephemeral=True, makepath=True).get(timeout=timeout)
+                    self._conflicts.pop(path, None)
+                    return
+                except NodeExistsError:
+                    continue
+            if stat.ephemeralOwner != session:
+                self._conflict(path, stat.ephemeralOwner, session)
+            if current == data:
+                return
+            try:
+                client.set_async(path, data, version=stat.version).get(timeout=timeout)
+                return
+            except (BadVersionError, NoNodeError):
+                continue
+        raise RegistryError(f"{path} kept changing while being registered")
+
+    def _conflict(self, path: str, owner: int, session: int) -> None:
+        message = (
+            f"{path} is held by another ZooKeeper session 0x{owner:x} (this one is 0x{session:x}); "
+            "zklb never deletes another session's znode and retries until it goes"
+        )
+        if self._conflicts.get(path) != owner:
+            self._conflicts[path] = owner
+            log.error("registry: %s", message)
+        raise _Conflict(message)
+
+    def _delete_if_ours(self, client: KazooClient, session: int, path: str) -> None:
+        timeout = self._request_timeout
         try:
-            _, stat = client.get_async(path).get(timeout=REQUEST_TIMEOUT)
-            if stat.ephemeralOwner == client.client_id[0]:
-                client.delete_async(path, version=stat.version).get(timeout=REQUEST_TIMEOUT)
+            _, stat = client.get_async(path).get(timeout=timeout)
+            if stat.ephemeralOwner == session:
+                client.delete_async(path, version=stat.version).get(timeout=timeout)
         except NoNodeError:
             pass
+        with self._cond:
+            if self._tombstones.get(path, session) in (None, session):
+                self._tombstones.pop(path, None)
 
-    def _run(self) -> None:
-        """The registry thread: after each reconnect, make ZooKeeper hold what the registrations say."""
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._closed:
-                return
-            client = self._client
-            if client is None or not client.connected:
-                continue
-            resync, self._resync = self._resync, False
-            with self._lock:
-                registrations = list(self._registrations.values())
-                deletes = set(self._pending_deletes)
-            failed = False
-            for path in deletes:
-                try:
-                    bounded_retry(functools.partial(self._delete_if_ours, client, path))
-                    with self._lock:
-                        self._pending_deletes.discard(path)
-                except (KazooException, *TRANSIENT_ERRORS):
-                    failed = True
-            for registration in registrations:
-                if registration.closed or not (resync or registration._dirty):
-                    continue
-                try:
-                    self._ensure_registered(client, registration)
-                except (KazooException, *TRANSIENT_ERRORS) as exc:
-                    log.warning("could not restore %s yet: %r", registration.path, exc)
-                    failed = True
-                except Exception:  # a bug must not kill the thread that keeps registrations alive
-                    log.exception("unexpected error restoring %s", registration.path)
-            if failed:
-                # The next CONNECTED wakes us again; until then there is nothing useful to do.
-                self._resync = True
 
-    def _ensure_registered(self, client: KazooClient, registration: Registration) -> None:
-        """Make the znode exist, owned by this session, holding the registration's latest data."""
-        instance = registration.instance
-        data = self.codec.encode(registration.service, instance)
+class _Conflict(Exception):
+    """Our path is held by another live session: retried, never forced."""
 
-        def attempt() -> None:
-            try:
-                current, stat = client.get_async(registration.path).get(timeout=REQUEST_TIMEOUT)
-            except NoNodeError:
-                self._create(client, registration.path, data, adopt_foreign=True)
-                log.info("re-registered %s after session loss", registration.path)
-                return
-            if stat.ephemeralOwner != client.client_id[0]:
-                self._create(client, registration.path, data, adopt_foreign=True)
-            elif current != data:
-                client.set_async(registration.path, data, version=stat.version).get(timeout=REQUEST_TIMEOUT)
 
-        bounded_retry(attempt)
-        if registration.instance is instance:
-            registration._dirty = False
+def _confirmed(registration: Registration) -> bool:
+    applied = registration._applied
+    return applied is not None and applied[1] == registration._data

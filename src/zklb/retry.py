@@ -513,8 +513,7 @@ class Attempts(Generic[R]):
         assert self._policy is not None
         if self._policy.stop(state) or not self._policy.budget.can_retry():
             return True
-        tried = {s.id for s in self._tried}
-        return all(s.id in tried for s in self._lb.membership.instances)
+        return not self._lb.has_server(exclude=self._tried)
 
     def _before_sleep(self, state: RetryCallState) -> None:
         # Only reached when a retry will be made: keep this outcome until the retry has a server.

@@ -20,6 +20,9 @@ class InstanceStats:
     consecutive_failures: int
     latency_ewma: float | None  # seconds; None until a request finished
     last_latency: float | None
+    ejected: bool = False  # skipped by picks (passive health), unless the pool is in panic
+    ejected_until: float | None = None  # the balancer clock's reading (time.monotonic()) it comes back at
+    times_ejected: int = 0  # ejections since it joined the pool; each lasts longer than the last
 
 
 class StatsRecorder:
@@ -34,8 +37,10 @@ class StatsRecorder:
         self.latency_ewma: float | None = None
         self.last_latency: float | None = None
 
-    def snapshot(self, in_flight: int) -> InstanceStats:
-        """A frozen copy, with the current in-flight count."""
+    def snapshot(
+        self, in_flight: int, ejected_until: float | None = None, times_ejected: int = 0
+    ) -> InstanceStats:
+        """A frozen copy, with the current in-flight count and ejection state."""
         return InstanceStats(
             in_flight=in_flight,
             requests=self.requests,
@@ -43,4 +48,7 @@ class StatsRecorder:
             consecutive_failures=self.consecutive_failures,
             latency_ewma=self.latency_ewma,
             last_latency=self.last_latency,
+            ejected=ejected_until is not None,
+            ejected_until=ejected_until,
+            times_ejected=times_ejected,
         )

@@ -46,8 +46,8 @@ def test_listeners_get_growing_versions_off_kazoos_thread(
     versions = [v for v, _, _ in seen]
     assert versions == sorted(versions)
     assert len(set(versions)) == len(versions)
-    # The first call comes from add_listener itself; every later one from the watcher's own thread.
-    assert all(name.startswith("zklb-watch-") for _, _, name in seen[1:])
+    # The first call comes from add_listener itself; every later one from the zklb worker thread of the client.
+    assert all(name.startswith("zklb-worker-") for _, _, name in seen[1:])
 
 
 def test_a_listener_that_raises_does_not_stop_the_watcher(

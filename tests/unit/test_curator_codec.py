@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from zklb import InvalidInstance, ServiceInstance
+from zklb import InvalidInstance, LoadBalancer, ServiceInstance
 from zklb.codecs.curator import MAX_ZNODE_BYTES, CuratorCodec
 
 codec = CuratorCodec()
@@ -110,9 +110,13 @@ def test_malformed_documents_raise_invalid_instance_with_a_reason(data: bytes, r
 
 
 @pytest.mark.parametrize(("status", "served"), [("UP", True), ("OUT_OF_SERVICE", False), ("down", False)])
-def test_spring_instance_status_out_of_service_is_not_served(status: str, served: bool) -> None:
+def test_spring_instance_status_out_of_service_is_read_as_draining(status: str, served: bool) -> None:
+    # Registered, so counted by the balancer, but sent no new requests (see test_health_balancer).
     data = curator_doc(payload={"metadata": {"instance_status": status}})
-    assert (codec.decode("api", "n1", data) is not None) is served
+    inst = codec.decode("api", "n1", data)
+    assert inst is not None
+    assert inst.draining is not served
+    assert LoadBalancer.static([inst]).pool_stats().draining == (0 if served else 1)
 
 
 def test_uri_spec_names_the_port_curator_resolves_for_the_scheme() -> None:

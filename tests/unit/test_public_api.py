@@ -6,6 +6,8 @@ import zklb
 
 PUBLIC = {
     "ClosedError",
+    "ConfigurationError",
+    "HealthPolicy",
     "InstanceStats",
     "InvalidInstance",
     "Lease",
@@ -14,6 +16,7 @@ PUBLIC = {
     "Membership",
     "NoServerAvailable",
     "Picker",
+    "PoolStats",
     "ExponentialBackoff",
     "Registration",
     "Registry",
@@ -46,6 +49,7 @@ def test_every_public_name_exists_and_is_documented() -> None:
 def test_errors_share_one_root() -> None:
     for name in (
         "ClosedError",
+        "ConfigurationError",
         "InvalidInstance",
         "NoServerAvailable",
         "RegistryError",

@@ -52,8 +52,6 @@ def _uri_spec(port_variable: str) -> dict[str, list[dict[str, object]]]:
 # In Curator's URI specs {port} is always the plain port; an https instance's port is {ssl-port}.
 _HTTP_URI_SPEC = _uri_spec("port")
 _HTTPS_URI_SPEC = _uri_spec("ssl-port")
-#: Spring Cloud Zookeeper's status values that mean "registered but do not send traffic".
-_OUT_OF_SERVICE = frozenset({"OUT_OF_SERVICE", "DOWN"})
 
 
 def _metadata_from(payload: object) -> dict[str, str]:
@@ -114,9 +112,10 @@ class CuratorCodec:
     def decode(self, service: str, name: str, data: bytes) -> ServiceInstance | None:
         """The instance in znode ``name``; `InvalidInstance` if malformed.
 
-        None when it asks for no traffic: ``enabled`` false, or Spring Cloud's ``instance_status`` metadata
-        ``OUT_OF_SERVICE``/``DOWN``. Unknown fields are ignored; a missing ``enabled`` means enabled; the
-        znode name is the id.
+        None when it is disabled (``enabled`` false). An instance whose Spring Cloud ``instance_status``
+        metadata is ``OUT_OF_SERVICE``/``DOWN`` is returned (it is registered) and is ``draining``:
+        balancers count it but send it no new requests. Unknown fields are ignored; a missing
+        ``enabled`` means enabled; the znode name is the id.
         """
         if data is None or len(data) == 0:
             raise InvalidInstance("znode has no data")
@@ -139,8 +138,6 @@ class CuratorCodec:
         port = _optional_port(doc, "port")
         ssl_port = _optional_port(doc, "sslPort")
         metadata = _metadata_from(doc.get("payload"))
-        if metadata.get("instance_status", "UP").upper() in _OUT_OF_SERVICE:
-            return None
         # Curator's own URI spec resolves {scheme} to https whenever sslPort is set.
         scheme = metadata.pop(_SCHEME_KEY, None) or ("https" if ssl_port is not None else "http")
         if scheme not in SCHEMES:
