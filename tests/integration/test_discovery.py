@@ -46,7 +46,7 @@ def test_listeners_get_growing_versions_off_kazoos_thread(
     versions = [v for v, _, _ in seen]
     assert versions == sorted(versions)
     assert len(set(versions)) == len(versions)
-    # The first call comes from add_listener itself; every later one from the zklb worker thread of the client.
+    # The first call comes from add_listener itself; every later one from the client.s zklb worker.
     assert all(name.startswith("zklb-worker-") for _, _, name in seen[1:])
 
 
