@@ -111,7 +111,7 @@ def test_duplicate_id_from_another_session_is_refused(zk_hosts: str, service: st
     with Registry(zk_hosts) as first, Registry(zk_hosts) as second:
         first.register(service, "http://h:1", id="same")
         with pytest.raises(RegistryError, match="another ZooKeeper session"):
-            second.register(service, "http://h:2", id="same")
+            second.register(service, "http://h:2", id="same", timeout=2)
 
 
 def test_registration_comes_back_after_session_expiry_with_latest_data(

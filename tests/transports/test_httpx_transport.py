@@ -17,7 +17,7 @@ import zklb.httpx as zklb_httpx
 from zklb.balancer import LoadBalancer
 from zklb.httpx import AsyncLoadBalancedTransport, LoadBalancedTransport
 from zklb.instance import ServiceInstance
-from zklb.retry import RetryBudget, RetryPolicy
+from zklb.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from tests.transports.conftest import Backend, MakeBalancer, StartBackends
@@ -230,10 +230,11 @@ def test_killed_backend_under_load_fails_no_get(
                 if done == total // 3:
                     halfway.set()
 
-    # The default budget (Envoy's: 20% of requests in flight, at least 3) may refuse the 4th of 6
-    # callers that retry at the same instant; a client with this few callers lets each one retry.
-    policy = RetryPolicy(budget=RetryBudget(min_retries=workers))
-    transport = LoadBalancedTransport(lb, retry=policy)
+    # Default settings: passive health ejects the dead one after a few failures, so the default retry
+    # budget (Envoy's: 20% of requests in flight, at least 3) is never outrun.
+    transport = LoadBalancedTransport(lb)
+    policy = transport.retry
+    assert policy is not None
     with httpx.Client(transport=transport, timeout=TIMEOUT) as c:
         threads = [threading.Thread(target=worker, args=(c, total // workers)) for _ in range(workers)]
         for t in threads:
@@ -254,6 +255,7 @@ def test_killed_backend_under_load_fails_no_get(
     assert failures == []
     assert sum(servers.counts()) >= total
     assert stats[victim.instance_id].failures > 0
+    assert stats[victim.instance_id].ejected
     assert all(s.in_flight == 0 for s in stats.values())
 
 
