@@ -357,7 +357,7 @@ class LoadBalancer:
         Ejected and draining instances count: a pick falls back to them rather than to nothing.
         """
         members = self._membership.by_id
-        if self._picker is None or not members:
+        if self._picker is None or not members or self._is_closed():
             return False
         ids = {s.id if isinstance(s, ServiceInstance) else s for s in exclude}
         return any(key not in ids for key in members) if ids else True
@@ -632,7 +632,9 @@ class LoadBalancer:
         self._skipped, self._panic = skipped, panic
         if not started:
             self._fast = False
-        elif skipped:
+        elif skipped or ejected:
+            # While anything is ejected (in panic too), picks go through the wrapper that notices when an
+            # ejection ends, so that panic ends, and probation starts, on the request path itself.
             self._fast, self._pick = False, self._pick_skipping
         else:
             self._fast, self._pick = True, picker.pick
