@@ -182,7 +182,7 @@ class ClientHandle:
                 timeout=self._session_timeout,
                 # Keep reconnecting forever (the point is to survive outages), but never let one
                 # command block for ever: commands go through bounded_retry instead.
-                connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=2.0),
+                connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=1.0),
                 command_retry=KazooRetry(max_tries=0),
             )
             try:

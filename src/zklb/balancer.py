@@ -71,7 +71,9 @@ class LoadBalancer:
 
     ``health`` is the passive health policy (`HealthPolicy`; None turns ejection off).
     ``request_timeout`` bounds each ZooKeeper request, ``resync_delay`` the random delay of a re-sync
-    after a reconnect; ``clock`` (for ejection times) is injectable for tests.
+    after a reconnect; when every instance disappears at once, the last pool is kept ``empty_grace``
+    seconds (a registrar's session expiry, re-registered within a second, must not empty the pool);
+    ``clock`` (for ejection times) is injectable for tests.
 
     ``get_server()`` is the hot path: O(1) for the built-in strategies, lock-free and without I/O.
     """
@@ -89,6 +91,7 @@ class LoadBalancer:
         start_timeout: float = 10.0,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         resync_delay: float = 1.0,
+        empty_grace: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -101,6 +104,7 @@ class LoadBalancer:
         self._start_timeout = check_timeout("start_timeout", start_timeout)
         self._request_timeout = check_timeout("request_timeout", request_timeout)
         self._resync_delay = check_timeout("resync_delay", resync_delay, zero=True)
+        self._empty_grace = check_timeout("empty_grace", empty_grace, zero=True)
         self._rng = rng
         self._handle = None if client is None else ClientHandle(client, session_timeout=session_timeout)
         self._watcher: ServiceWatcher | None = None
@@ -262,6 +266,7 @@ class LoadBalancer:
                 codec=self._codec,
                 request_timeout=self._request_timeout,
                 resync_delay=self._resync_delay,
+                empty_grace=self._empty_grace,
                 rng=self._rng,
             )
             watcher.start(timeout)

@@ -86,7 +86,8 @@ class ServiceWatcher:
     ``client`` is a hosts string (the watcher makes, starts and stops its own kazoo client) or a started
     `KazooClient` (never stopped here). ``start()`` returns once the first membership is loaded.
     ``request_timeout`` bounds each ZooKeeper request; ``resync_delay`` is the most a re-sync after a
-    reconnect is put off (a random share of it); ``rng`` makes that delay repeatable.
+    reconnect is put off (a random share of it); ``rng`` makes that delay repeatable. When every
+    instance disappears at once the last pool is kept for ``empty_grace`` seconds (0: never).
     """
 
     def __init__(
@@ -99,6 +100,7 @@ class ServiceWatcher:
         session_timeout: float = 10.0,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         resync_delay: float = 1.0,
+        empty_grace: float = 5.0,
         rng: random.Random | None = None,
     ) -> None:
         self.service = check_service(service)
@@ -107,6 +109,8 @@ class ServiceWatcher:
         self.codec: Codec = codec or CuratorCodec()
         self._request_timeout = check_timeout("request_timeout", request_timeout)
         self._resync_delay = check_timeout("resync_delay", resync_delay, zero=True)
+        self._empty_grace = check_timeout("empty_grace", empty_grace, zero=True)
+        self._held_since: float | None = None  # when ZooKeeper started listing no instance, if held
         self._rng = rng if rng is not None else random.Random()
         self._handle = ClientHandle(client, session_timeout=session_timeout)
         self._client: KazooClient | None = None
@@ -268,6 +272,7 @@ class ServiceWatcher:
                 timer, self._timer, self._queued = self._timer, None, False
                 self._children = {}
                 self._children_dirty, self._rearm, self._data_dirty = True, False, set()
+                self._held_since = None
         if timer is not None:
             timer.cancel()
         if worker is not None:
@@ -331,7 +336,10 @@ class ServiceWatcher:
             elif event.type == EventType.CHANGED:
                 self._data_dirty.add(event.path.rsplit("/", 1)[-1])
             else:
+                # Deleted: it may be back (same name) before the list is read; read it too, so that a
+                # re-created child is seen and watched again.
                 self._children_dirty = True
+                self._data_dirty.add(event.path.rsplit("/", 1)[-1])
         self._schedule(0.0)
 
     # -- the sync, on the worker thread -----------------------------------------------------------------
@@ -388,9 +396,49 @@ class ServiceWatcher:
         if to_read:
             known = dict(known)
             changed |= self._read_children(client, to_read, known)
-        if changed or not self._loaded.is_set():
+        if changed:
             self._children = known
-            self._publish(tuple(c.instance for c in known.values() if c.instance is not None))
+        if not (changed or self._held_since is not None or not self._loaded.is_set()):
+            return
+        instances = tuple(c.instance for c in known.values() if c.instance is not None)
+        if not instances and self._hold_last_pool():
+            return
+        self._held_since = None
+        self._publish(instances)
+
+    def _hold_last_pool(self) -> bool:
+        """Whether to keep publishing the last pool although ZooKeeper now lists no instance.
+
+        Every instance gone at once is far more often one registrar's session expiring (its servers
+        still up, their znodes re-created within a second) than a whole service stopping: for
+        ``empty_grace`` seconds the last pool is kept, then the empty one is published.
+        """
+        if not self._membership.instances or self._empty_grace <= 0 or not self._loaded.is_set():
+            return False
+        now = time.monotonic()
+        if self._held_since is None:
+            self._held_since = now
+            log.warning(
+                "every instance of %s left at once; keeping the last %d for %g s in case they come back",
+                self.path,
+                len(self._membership),
+                self._empty_grace,
+            )
+        remaining = self._held_since + self._empty_grace - now
+        if remaining <= 0:
+            return False
+        worker = self._worker
+        if worker is not None:
+            generation = self._generation
+            worker.call_later(remaining, lambda: self._recheck(generation))
+        return True
+
+    def _recheck(self, generation: int) -> None:
+        if generation != self._generation:
+            return
+        with self._lock:
+            self._children_dirty = True
+        self._schedule(0.0)
 
     def _list_children(self, client: KazooClient) -> list[str] | None:
         """The children of the service path, with a watch; None (and an exists watch) if it is absent."""

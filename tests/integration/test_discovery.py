@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 
 import pytest
 from kazoo.client import KazooClient
@@ -67,7 +68,7 @@ def test_survives_deletion_and_recreation_of_the_service_path(
     zk: KazooClient, zk_hosts: str, service: str
 ) -> None:
     path = f"/services/{service}"
-    with ServiceWatcher(zk_hosts, service) as watcher:
+    with ServiceWatcher(zk_hosts, service, empty_grace=0) as watcher:
         reg_a = Registry(zk)
         reg_a.register(service, "http://10.0.0.1:81")
         assert watcher.wait_for(lambda m: len(m) == 1, 10)
@@ -84,6 +85,38 @@ def test_survives_deletion_and_recreation_of_the_service_path(
             inst = ServiceInstance.parse("http://10.0.0.3:83")
             zk.create(f"{path}/{inst.id}", CuratorCodec().encode(service, inst))
             assert watcher.wait_for(lambda m: urls(m) == {"http://10.0.0.3:83"}, 10)
+
+
+def test_a_pool_emptied_at_once_is_kept_for_empty_grace(zk: KazooClient, zk_hosts: str, service: str) -> None:
+    registrar = KazooClient(hosts=zk_hosts, timeout=4.0)
+    registrar.start(timeout=10)
+    sizes: list[int] = []
+    try:
+        with ServiceWatcher(zk_hosts, service, empty_grace=1.5) as watcher:
+            registry = Registry(registrar)
+            regs = [registry.register(service, f"http://10.0.0.1:{port}") for port in (81, 82)]
+            assert watcher.wait_for(lambda m: len(m) == 2, 10)
+            watcher.add_listener(lambda m: sizes.append(len(m)))
+            # The registrar's session expires: both znodes go at once and come back under a new session.
+            old = registrar.client_id[0]
+            expire_session(registrar, zk_hosts)
+            wait_until(lambda: registrar.connected and registrar.client_id[0] != old, 30, "a new session")
+
+            def restored() -> bool:
+                zk.sync(f"/services/{service}")
+                return all(zk.exists(r.path) is not None for r in regs)
+
+            wait_until(restored, 30, "the registrations re-created")
+            assert len(watcher.membership) == 2
+            assert 0 not in sizes  # the pool never went empty
+            # A real departure of everything: published once the grace is over, not before.
+            registry.close()
+            gone = time.monotonic()
+            assert watcher.wait_for(lambda m: len(m) == 0, 10)
+            assert time.monotonic() - gone >= 1.0
+    finally:
+        registrar.stop()
+        registrar.close()
 
 
 def test_malformed_children_are_skipped_with_one_warning_each(
