@@ -14,7 +14,7 @@ untouched, so an absolute redirect elsewhere goes where it points. The instance 
 in flight until the response body is closed, not when the headers arrive.
 
 Both transports share `_Balancing` (which requests, how to rewrite them, how an outcome is counted)
-and ``zklb.retry.Attempts`` (the retry loop); the sync and async classes only do the I/O.
+and ``zklb._attempts.Attempts`` (the retry loop); the sync and async classes only do the I/O.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ except ImportError as exc:
 import functools
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 
+from zklb._attempts import Attempts, ClientHooks
 from zklb.balancer import Lease, LoadBalancer
 from zklb.instance import DEFAULT_PORTS, ServiceInstance
-from zklb.retry import Attempts, ClientHooks, RetryPolicy, is_failure_status, resolve_policy
+from zklb.retry import RetryPolicy, is_failure_status, resolve_policy
 
 __all__ = ["AsyncLoadBalancedTransport", "LoadBalancedTransport"]
 

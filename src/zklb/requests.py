@@ -37,9 +37,10 @@ from urllib.parse import SplitResult, urlsplit
 from requests.cookies import RequestsCookieJar, extract_cookies_to_jar
 from urllib3.response import HTTPResponse
 
+from zklb._attempts import Attempts, ClientHooks
 from zklb.balancer import Lease, LoadBalancer
 from zklb.instance import DEFAULT_PORTS, ServiceInstance
-from zklb.retry import Attempts, ClientHooks, RetryPolicy, is_failure_status, resolve_policy
+from zklb.retry import RetryPolicy, is_failure_status, resolve_policy
 
 __all__ = ["LoadBalancedAdapter"]
 

@@ -14,11 +14,10 @@ from collections.abc import Mapping
 import pytest
 from tenacity import RetryCallState, Retrying, stop_after_delay
 
+from zklb._attempts import Attempts, ClientHooks
 from zklb.balancer import Lease, LoadBalancer
 from zklb.errors import NoServerAvailable
 from zklb.retry import (
-    Attempts,
-    ClientHooks,
     ExponentialBackoff,
     RetryBudget,
     RetryPolicy,
