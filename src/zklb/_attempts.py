@@ -20,6 +20,7 @@ Nothing here does I/O; the transports pass in a ``send(lease)`` function. The sy
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -31,9 +32,33 @@ from zklb.errors import NoServerAvailable
 from zklb.instance import ServiceInstance
 from zklb.retry import RetryPolicy
 
-__all__ = ["Attempts", "ClientHooks"]
+__all__ = ["Attempts", "ClientHooks", "end_lease", "is_cancellation"]
 
 R = TypeVar("R")
+
+
+def is_cancellation(error: BaseException | None) -> bool:
+    """Whether ``error`` abandons a request without saying anything about its server.
+
+    Cancellations and interrupts (``CancelledError``, ``KeyboardInterrupt``: not ``Exception``) do;
+    ``GeneratorExit`` does not: it is a reader that stopped early, which the server served well enough.
+    """
+    return error is not None and not isinstance(error, Exception | GeneratorExit)
+
+
+def end_lease(lease: Lease, cancelled: bool) -> None:
+    """Release the lease of a response whose body is being closed, with no outcome if it was cancelled.
+
+    ``cancelled``: a cancellation went through the body read. The close itself may also run while a
+    cancellation propagates from elsewhere (the caller's code in a ``stream`` block, an event hook):
+    the clients close responses in ``except BaseException`` / ``finally`` blocks and ``__exit__``,
+    where ``sys.exception()`` is that cancellation. Either way the time so far is no latency and the
+    request no success (docs/acquire.md), so the lease is cancelled rather than released.
+    """
+    if cancelled or is_cancellation(sys.exception()):
+        lease.cancel()
+    else:
+        lease.release()
 
 
 @dataclass(frozen=True, slots=True)

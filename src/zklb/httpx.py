@@ -29,7 +29,7 @@ except ImportError as exc:
 import functools
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 
-from zklb._attempts import Attempts, ClientHooks
+from zklb._attempts import Attempts, ClientHooks, end_lease
 from zklb.balancer import Lease, LoadBalancer
 from zklb.instance import DEFAULT_PORTS, ServiceInstance
 from zklb.retry import RetryPolicy, is_failure_status, resolve_policy
@@ -154,24 +154,33 @@ class _Balancing:
 
 
 class _LeasedStream(httpx.SyncByteStream):
-    """A response body that releases its lease when closed; a read error marks a failure."""
+    """A response body that releases its lease when closed; a read error marks a failure, and a
+    cancellation or interrupt (during the read or while it closes) records nothing."""
 
     def __init__(self, stream: httpx.SyncByteStream, lease: Lease) -> None:
         self._stream = stream
         self._lease = lease
+        self._cancelled = False
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self._stream
-        except Exception:  # not GeneratorExit: a reader that stops early is no failure of the server
+        except Exception:
             self._lease.report(False)
+            raise
+        except GeneratorExit:  # a reader that stops early is no failure of the server
+            raise
+        except BaseException:
+            # KeyboardInterrupt mid-body: httpx closes the response next, and that close must not
+            # count the interrupted read as a success.
+            self._cancelled = True
             raise
 
     def close(self) -> None:
         try:
             self._stream.close()
         finally:
-            self._lease.release()
+            end_lease(self._lease, self._cancelled)
 
 
 class _LeasedAsyncStream(httpx.AsyncByteStream):
@@ -180,6 +189,7 @@ class _LeasedAsyncStream(httpx.AsyncByteStream):
     def __init__(self, stream: httpx.AsyncByteStream, lease: Lease) -> None:
         self._stream = stream
         self._lease = lease
+        self._cancelled = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -188,12 +198,17 @@ class _LeasedAsyncStream(httpx.AsyncByteStream):
         except Exception:
             self._lease.report(False)
             raise
+        except GeneratorExit:
+            raise
+        except BaseException:  # CancelledError: a timeout or a cancelled task, nothing about the server
+            self._cancelled = True
+            raise
 
     async def aclose(self) -> None:
         try:
             await self._stream.aclose()
         finally:
-            self._lease.release()
+            end_lease(self._lease, self._cancelled)
 
 
 class LoadBalancedTransport(httpx.BaseTransport):

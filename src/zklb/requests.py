@@ -37,7 +37,7 @@ from urllib.parse import SplitResult, urlsplit
 from requests.cookies import RequestsCookieJar, extract_cookies_to_jar
 from urllib3.response import HTTPResponse
 
-from zklb._attempts import Attempts, ClientHooks
+from zklb._attempts import Attempts, ClientHooks, end_lease
 from zklb.balancer import Lease, LoadBalancer
 from zklb.instance import DEFAULT_PORTS, ServiceInstance
 from zklb.retry import RetryPolicy, is_failure_status, resolve_policy
@@ -185,15 +185,17 @@ class _RawLease:
     attributes shadow the class's methods, so these hooks see every call, urllib3's own included; they
     call the class's implementation and are removed on release. A read that raises marks a failure;
     a ``release_conn`` from inside a read waits for the read to end, so the failure is counted first.
+    A read cut by an interrupt, or a close while one propagates, records nothing (see `end_lease`).
     """
 
-    __slots__ = ("_lease", "_pending", "_raw", "_reading")
+    __slots__ = ("_cancelled", "_lease", "_pending", "_raw", "_reading")
 
     def __init__(self, raw: HTTPResponse, lease: Lease) -> None:
         self._raw = raw
         self._lease = lease
         self._reading = 0
         self._pending = False
+        self._cancelled = False
 
     @classmethod
     def attach(cls, raw: HTTPResponse, lease: Lease) -> None:
@@ -210,6 +212,11 @@ class _RawLease:
         except Exception:
             self._lease.report(False)
             raise
+        except BaseException:
+            # KeyboardInterrupt mid-body: urllib3 releases the connection on the way out (and with it,
+            # in _end_read, the lease), which must not count the interrupted read as a success.
+            self._cancelled = True
+            raise
         finally:
             self._end_read()
 
@@ -218,8 +225,13 @@ class _RawLease:
         self._reading += 1
         try:
             yield from type(raw).read_chunked(raw, *args, **kwargs)
-        except Exception:  # not GeneratorExit: a reader that stops early is no failure of the server
+        except Exception:
             self._lease.report(False)
+            raise
+        except GeneratorExit:  # a reader that stops early is no failure of the server
+            raise
+        except BaseException:
+            self._cancelled = True
             raise
         finally:
             self._end_read()
@@ -250,4 +262,4 @@ class _RawLease:
         attrs = vars(self._raw)
         for name in _HOOKED:
             attrs.pop(name, None)
-        self._lease.release()
+        end_lease(self._lease, self._cancelled)
