@@ -31,10 +31,37 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterator
 
 from zklb._attempts import Attempts, ClientHooks, end_lease
 from zklb.balancer import Lease, LoadBalancer
+from zklb.errors import NoServerAvailable
 from zklb.instance import DEFAULT_PORTS, ServiceInstance
 from zklb.retry import RetryPolicy, is_failure_status, resolve_policy
 
-__all__ = ["AsyncLoadBalancedTransport", "LoadBalancedTransport"]
+__all__ = ["AsyncLoadBalancedTransport", "LoadBalancedTransport", "NoServerAvailableError"]
+
+
+class NoServerAvailableError(NoServerAvailable, httpx.ConnectError):
+    """No instance to send a request to: both a `zklb.NoServerAvailable` and an ``httpx.ConnectError``.
+
+    What the transports raise for an empty pool (or a pool whose every instance is excluded), so that
+    code written for plain httpx, which handles ``httpx.ConnectError`` or ``httpx.HTTPError``, handles it
+    too; ``request`` is the request the client sent, as on httpx's own errors.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        root: str = "/services",
+        reason: str = "no instances registered",
+        *,
+        request: httpx.Request | None = None,
+    ) -> None:
+        NoServerAvailable.__init__(self, service, root, reason)
+        httpx.ConnectError.__init__(self, str(self), request=request)
+
+
+def _no_server(exc: NoServerAvailable, request: httpx.Request) -> httpx.ConnectError:
+    if isinstance(exc, httpx.ConnectError):  # already one (an inner zklb transport): keep its request
+        return exc
+    return NoServerAvailableError(exc.service, exc.root, exc.reason, request=request)
 
 
 def _status(response: httpx.Response) -> int:
@@ -221,8 +248,9 @@ class LoadBalancedTransport(httpx.BaseTransport):
     - ``retry``: a `RetryPolicy`, True for a new default policy, False or None for no retries.
     - ``hosts``: the host names to balance (default: ``lb.service``); other hosts pass through.
 
-    A connection error, a timeout or a 5xx response counts as a failure of the instance. The instance
-    stays in flight until the response is closed (``client.get`` closes it; ``client.stream`` when its
+    A connection error, a timeout or a 5xx response counts as a failure of the instance. An empty pool
+    raises `NoServerAvailableError` (an ``httpx.ConnectError``). The instance stays in flight until the
+    response is closed (``client.get`` closes it; ``client.stream`` when its
     block ends). The balancer is the caller's: it is not closed here.
     """
 
@@ -247,7 +275,10 @@ class LoadBalancedTransport(httpx.BaseTransport):
         """Send ``request`` to an instance (retrying on others as the policy allows)."""
         if not self._core.balances(request):
             return self._transport.handle_request(request)
-        return self._core.attempts(request).run(functools.partial(self._send, request))
+        try:
+            return self._core.attempts(request).run(functools.partial(self._send, request))
+        except NoServerAvailable as exc:
+            raise _no_server(exc, request) from exc
 
     def _send(self, request: httpx.Request, lease: Lease) -> httpx.Response:
         response = self._transport.handle_request(self._core.rewrite(request, lease.server))
@@ -291,7 +322,10 @@ class AsyncLoadBalancedTransport(httpx.AsyncBaseTransport):
         """Send ``request`` to an instance (retrying on others as the policy allows)."""
         if not self._core.balances(request):
             return await self._transport.handle_async_request(request)
-        return await self._core.attempts(request).arun(functools.partial(self._send, request))
+        try:
+            return await self._core.attempts(request).arun(functools.partial(self._send, request))
+        except NoServerAvailable as exc:
+            raise _no_server(exc, request) from exc
 
     async def _send(self, request: httpx.Request, lease: Lease) -> httpx.Response:
         response = await self._transport.handle_async_request(self._core.rewrite(request, lease.server))

@@ -39,10 +39,11 @@ from urllib3.response import HTTPResponse
 
 from zklb._attempts import Attempts, ClientHooks, end_lease
 from zklb.balancer import Lease, LoadBalancer
+from zklb.errors import NoServerAvailable
 from zklb.instance import DEFAULT_PORTS, ServiceInstance
 from zklb.retry import RetryPolicy, is_failure_status, resolve_policy
 
-__all__ = ["LoadBalancedAdapter"]
+__all__ = ["LoadBalancedAdapter", "NoServerAvailableError"]
 
 _Timeout = float | tuple[float, float] | tuple[float, None] | None
 _Cert = bytes | str | tuple[bytes | str, bytes | str] | None
@@ -62,6 +63,27 @@ _HOOKS: ClientHooks[requests.Response] = ClientHooks(
     status=_status,
     close=_close,
 )
+
+
+class NoServerAvailableError(NoServerAvailable, requests.ConnectionError):
+    """No instance to send a request to: both a `zklb.NoServerAvailable` and a ``requests.ConnectionError``.
+
+    What the adapter raises for an empty pool (or a pool whose every instance is excluded), so that code
+    written for plain requests, which handles ``requests.ConnectionError`` or
+    ``requests.RequestException``, handles it too; ``request`` is the prepared request, as on requests'
+    own errors.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        root: str = "/services",
+        reason: str = "no instances registered",
+        *,
+        request: requests.PreparedRequest | None = None,
+    ) -> None:
+        NoServerAvailable.__init__(self, service, root, reason)
+        requests.ConnectionError.__init__(self, str(self), request=request)
 
 
 def _replayable(body: object) -> bool:
@@ -87,7 +109,8 @@ class LoadBalancedAdapter(HTTPAdapter):
     - other keyword arguments (``pool_connections``, ``pool_maxsize``, ``max_retries``, ``pool_block``)
       go to `HTTPAdapter`; ``max_retries`` are urllib3's retries on the same instance.
 
-    A connection error, a timeout or a 5xx response counts as a failure of the instance.
+    A connection error, a timeout or a 5xx response counts as a failure of the instance. An empty pool
+    raises `NoServerAvailableError` (a ``requests.ConnectionError``).
     """
 
     def __init__(
@@ -140,7 +163,12 @@ class LoadBalancedAdapter(HTTPAdapter):
             method=request.method or "GET",
             replayable=_replayable(request.body),
         )
-        return attempts.run(functools.partial(self._send, request, url, options))
+        try:
+            return attempts.run(functools.partial(self._send, request, url, options))
+        except NoServerAvailable as exc:
+            if isinstance(exc, requests.ConnectionError):  # already one (a nested adapter): keep it
+                raise
+            raise NoServerAvailableError(exc.service, exc.root, exc.reason, request=request) from exc
 
     def _send(
         self, request: requests.PreparedRequest, url: SplitResult, options: dict[str, Any], lease: Lease

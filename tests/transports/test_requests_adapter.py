@@ -14,7 +14,8 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from zklb.balancer import LoadBalancer
-from zklb.requests import LoadBalancedAdapter
+from zklb.errors import NoServerAvailable
+from zklb.requests import LoadBalancedAdapter, NoServerAvailableError
 from zklb.retry import RetryBudget, RetryPolicy
 
 if TYPE_CHECKING:
@@ -281,6 +282,27 @@ def test_streaming_request_body_is_not_retried(one_dead: tuple[LoadBalancer, Bac
                 errors += 1
     assert (errors, alive.count) == (1, 1)
     assert alive.hits[0].body == b"chunk"
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+
+def test_an_empty_pool_is_a_connection_error_with_the_request(
+    backends: StartBackends, make_lb: MakeBalancer
+) -> None:
+    (server,) = backends(1)
+    lb = make_lb([server])
+    assert lb.remove_server(server.url)
+    url = f"http://{lb.service}/users/1"
+    # requests.ConnectionError: what code written for plain requests handles
+    with session(lb) as s, pytest.raises(requests.ConnectionError) as raised:
+        s.get(url, timeout=TIMEOUT)
+    error = raised.value
+    assert isinstance(error, NoServerAvailable) and isinstance(error, NoServerAvailableError)
+    assert isinstance(error, requests.RequestException)
+    assert error.request is not None and error.request.url == url
+    assert (error.service, error.response) == (lb.service, None)
+    assert server.count == 0
 
 
 # -- packaging ---------------------------------------------------------------------------------------
