@@ -93,10 +93,12 @@ class Attempts(Generic[R]):
     Internal to zklb's transports: build one per request, then ``run(send)`` or ``await arun(send)``,
     where ``send(lease)`` sends the request to ``lease.server`` and returns the response with the lease
     tied to it (released when the response is closed). ``send`` may raise; the lease is then released
-    here as a failure.
+    here as a failure. Under a policy with a deadline, ``send`` cuts its timeout to `time_left`.
     """
 
     __slots__ = (
+        "_clock",
+        "_deadline",
         "_gave_up",
         "_hooks",
         "_last",
@@ -127,6 +129,19 @@ class Attempts(Generic[R]):
         self._stale: R | None = None  # a retryable response to close once the retry has a server
         self._retrying_now = False  # holding a retry reservation in the budget
         self._gave_up = False
+        # The deadline holds even when this request may not be retried: its one attempt is then the
+        # last, and its timeout is cut all the same.
+        self._deadline: float | None = None
+        if policy is not None and policy.deadline is not None:
+            self._clock = policy.clock
+            self._deadline = self._clock() + policy.deadline
+
+    def time_left(self) -> float | None:
+        """Seconds until the policy's deadline (0 once it has passed), or None without a deadline."""
+        deadline = self._deadline
+        if deadline is None:
+            return None
+        return max(0.0, deadline - self._clock())
 
     # -- drivers: sync and async differ only in await -------------------------------------------------
 
@@ -242,6 +257,8 @@ class Attempts(Generic[R]):
     def _next_lease(self) -> Lease | None:
         """A server not tried yet, with room in the budget; None if the retry cannot be made."""
         assert self._policy is not None
+        if self.time_left() == 0.0:  # the wait ran late: no attempt starts after the deadline
+            return None
         if not self._policy.budget.try_begin_retry():
             return None
         self._retrying_now = True
@@ -312,7 +329,14 @@ class Attempts(Generic[R]):
         # Checked before sleeping, so that a retry with no server or no budget left costs no wait.
         # The budget is reserved only after the wait (see _next_lease): a waiting retry loads nobody.
         assert self._policy is not None
-        if self._policy.stop(state) or not self._policy.budget.can_retry():
+        if self._policy.stop(state):
+            return True
+        deadline = self._deadline
+        # A wait that would end at the deadline leaves no time to send: stop now, without waiting.
+        # (upcoming_sleep is set before stop is asked since tenacity 8.3; older ones give no wait.)
+        if deadline is not None and self._clock() + getattr(state, "upcoming_sleep", 0.0) >= deadline:
+            return True
+        if not self._policy.budget.can_retry():
             return True
         tried = {s.id for s in self._tried}
         return all(s.id in tried for s in self._lb.membership.instances)

@@ -128,6 +128,23 @@ def _pick_url_copier() -> Callable[[httpx.URL, ServiceInstance], httpx.URL]:
 _url_for = _pick_url_copier()
 
 
+_TIMEOUT_PHASES = ("connect", "read", "write", "pool")
+
+
+def _cut_timeout(timeout: object, time_left: float) -> dict[str, float]:
+    """The client's per-phase timeouts (``request.extensions["timeout"]``), none longer than ``time_left``.
+
+    httpx has no timeout for a whole request, only per phase (and per read), so each phase is cut: a
+    phase that would outlast the deadline raises httpx's own timeout error for that phase.
+    """
+    given = timeout if isinstance(timeout, dict) else {}
+    cut: dict[str, float] = {}
+    for phase in _TIMEOUT_PHASES:
+        seconds = given.get(phase)
+        cut[phase] = time_left if seconds is None else min(seconds, time_left)
+    return cut
+
+
 class _Balancing:
     """The sync-agnostic part of both transports: which requests, rewritten how, counted how."""
 
@@ -153,12 +170,18 @@ class _Balancing:
         replayable = isinstance(request.stream, httpx.ByteStream)
         return Attempts(self.lb, self.policy, _HOOKS, method=request.method, replayable=replayable)
 
-    def rewrite(self, request: httpx.Request, server: ServiceInstance) -> httpx.Request:
+    def rewrite(
+        self, request: httpx.Request, server: ServiceInstance, time_left: float | None
+    ) -> httpx.Request:
         """A copy of ``request`` addressed to ``server``; the original stays as the client built it,
-        so the response, cookies and redirects keep the logical URL."""
+        so the response, cookies and redirects keep the logical URL. ``time_left``: the policy's
+        deadline, which no phase of this attempt may outlast."""
         url = _url_for(request.url, server)
+        extensions = request.extensions
+        if time_left is not None:
+            extensions = {**extensions, "timeout": _cut_timeout(extensions.get("timeout"), time_left)}
         sent = httpx.Request(
-            request.method, url, headers=request.headers, stream=request.stream, extensions=request.extensions
+            request.method, url, headers=request.headers, stream=request.stream, extensions=extensions
         )
         if not self.preserve_host:
             sent.headers["Host"] = url.netloc.decode("ascii")
@@ -275,13 +298,17 @@ class LoadBalancedTransport(httpx.BaseTransport):
         """Send ``request`` to an instance (retrying on others as the policy allows)."""
         if not self._core.balances(request):
             return self._transport.handle_request(request)
+        attempts = self._core.attempts(request)
         try:
-            return self._core.attempts(request).run(functools.partial(self._send, request))
+            return attempts.run(functools.partial(self._send, request, attempts))
         except NoServerAvailable as exc:
             raise _no_server(exc, request) from exc
 
-    def _send(self, request: httpx.Request, lease: Lease) -> httpx.Response:
-        response = self._transport.handle_request(self._core.rewrite(request, lease.server))
+    def _send(
+        self, request: httpx.Request, attempts: Attempts[httpx.Response], lease: Lease
+    ) -> httpx.Response:
+        sent = self._core.rewrite(request, lease.server, attempts.time_left())
+        response = self._transport.handle_request(sent)
         if self._core.settle(response, lease):
             assert isinstance(response.stream, httpx.SyncByteStream)
             response.stream = _LeasedStream(response.stream, lease)
@@ -322,13 +349,17 @@ class AsyncLoadBalancedTransport(httpx.AsyncBaseTransport):
         """Send ``request`` to an instance (retrying on others as the policy allows)."""
         if not self._core.balances(request):
             return await self._transport.handle_async_request(request)
+        attempts = self._core.attempts(request)
         try:
-            return await self._core.attempts(request).arun(functools.partial(self._send, request))
+            return await attempts.arun(functools.partial(self._send, request, attempts))
         except NoServerAvailable as exc:
             raise _no_server(exc, request) from exc
 
-    async def _send(self, request: httpx.Request, lease: Lease) -> httpx.Response:
-        response = await self._transport.handle_async_request(self._core.rewrite(request, lease.server))
+    async def _send(
+        self, request: httpx.Request, attempts: Attempts[httpx.Response], lease: Lease
+    ) -> httpx.Response:
+        sent = self._core.rewrite(request, lease.server, attempts.time_left())
+        response = await self._transport.handle_async_request(sent)
         if self._core.settle(response, lease):
             assert isinstance(response.stream, httpx.AsyncByteStream)
             response.stream = _LeasedAsyncStream(response.stream, lease)

@@ -36,6 +36,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from requests.cookies import RequestsCookieJar, extract_cookies_to_jar
 from urllib3.response import HTTPResponse
+from urllib3.util import Timeout
 
 from zklb._attempts import Attempts, ClientHooks, end_lease
 from zklb.balancer import Lease, LoadBalancer
@@ -84,6 +85,21 @@ class NoServerAvailableError(NoServerAvailable, requests.ConnectionError):
     ) -> None:
         NoServerAvailable.__init__(self, service, root, reason)
         requests.ConnectionError.__init__(self, str(self), request=request)
+
+
+def _cut_timeout(timeout: _Timeout | Timeout, time_left: float) -> Timeout:
+    """The caller's timeout for one attempt, cut so that the attempt ends by the policy's deadline.
+
+    urllib3's ``total`` bounds connecting and reading the response head together (each socket read of
+    the body stays bounded by the read timeout, as requests' own timeouts are).
+    """
+    if isinstance(timeout, Timeout):
+        cut = timeout.clone()
+        total = timeout.total
+        cut.total = min(total, time_left) if isinstance(total, int | float) else time_left
+        return cut
+    connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+    return Timeout(connect=connect, read=read, total=time_left)
 
 
 def _replayable(body: object) -> bool:
@@ -164,20 +180,28 @@ class LoadBalancedAdapter(HTTPAdapter):
             replayable=_replayable(request.body),
         )
         try:
-            return attempts.run(functools.partial(self._send, request, url, options))
+            return attempts.run(functools.partial(self._send, request, url, options, attempts))
         except NoServerAvailable as exc:
             if isinstance(exc, requests.ConnectionError):  # already one (a nested adapter): keep it
                 raise
             raise NoServerAvailableError(exc.service, exc.root, exc.reason, request=request) from exc
 
     def _send(
-        self, request: requests.PreparedRequest, url: SplitResult, options: dict[str, Any], lease: Lease
+        self,
+        request: requests.PreparedRequest,
+        url: SplitResult,
+        options: dict[str, Any],
+        attempts: Attempts[requests.Response],
+        lease: Lease,
     ) -> requests.Response:
         server = lease.server
         # A copy: the session keeps the original for redirects, cookies and the response.
         sent = request.copy()
         sent.url = url._replace(scheme=server.scheme, netloc=_authority(server)).geturl()
         sent.headers["Host"] = url.netloc.rpartition("@")[2] if self._preserve_host else _authority(server)
+        time_left = attempts.time_left()
+        if time_left is not None:
+            options = {**options, "timeout": _cut_timeout(options["timeout"], time_left)}
         response = super().send(sent, **options)
         # Present the response as the answer to the logical request, as the session expects.
         response.request = request

@@ -172,7 +172,13 @@ class RetryPolicy:
     - ``wait``: a tenacity wait between attempts (default `ExponentialBackoff`: 10 ms, 20 ms, ... 1 s).
     - ``stop``: an extra tenacity stop condition, e.g. ``stop_after_delay(2)``, or-ed with ``attempts``.
     - ``budget``: the `RetryBudget` (a new one by default; pass the same one to share it).
+    - ``deadline``: seconds for the whole request, every attempt and wait included (None: no limit).
+      The client's own timeout applies to each attempt; the deadline bounds them all: no attempt (and
+      no wait) starts that would end after it, and each attempt's timeout is cut to the time left, so
+      when it runs out the caller gets the client's own timeout error (Envoy's route timeout over its
+      per-try timeout).
     - ``sleep`` / ``async_sleep``: how to wait, for tests (tenacity's ``sleep=``).
+    - ``clock``: the monotonic clock the deadline is measured on, for tests.
 
     Connection errors and timeouts are always retryable; which exact exceptions those are is up to each
     transport. Requests whose body cannot be sent twice (a generator, a file) are never retried.
@@ -188,11 +194,17 @@ class RetryPolicy:
         wait: WaitBaseT | None = None,
         stop: stop_base | None = None,
         budget: RetryBudget | None = None,
+        deadline: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if attempts < 1:
             raise ValueError(f"attempts must be at least 1, got {attempts!r}")
+        if deadline is not None and not deadline > 0:  # also refuses NaN
+            raise ValueError(f"deadline must be a positive number of seconds or None, got {deadline!r}")
+        self.deadline = deadline
+        self.clock = clock
         self.attempts = attempts
         self.statuses = frozenset(statuses)
         self.methods = frozenset(m.upper() for m in methods)
@@ -223,7 +235,7 @@ class RetryPolicy:
         methods = "all" if self.retry_non_idempotent else ",".join(sorted(self.methods))
         return (
             f"RetryPolicy(attempts={self.attempts}, statuses={sorted(self.statuses)}, methods={methods}, "
-            f"wait={self.wait!r})"
+            f"wait={self.wait!r}, deadline={self.deadline})"
         )
 
 

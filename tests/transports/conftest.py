@@ -5,6 +5,7 @@ Routes every backend answers (any method):
 
 - ``/stream``: headers and a first chunk at once, the rest only when ``backend.release`` is set.
 - ``/slow?seconds=S``: answers after S seconds.
+- ``/stall``: answers only when ``backend.release`` is set (or after 10 s): a server that hangs.
 - ``/status/<code>``: answers with that status.
 - ``/redirect/relative``: 302 to ``/target``; ``/redirect/absolute?to=URL``: 302 to URL.
 - ``/cookie``: sets a cookie.
@@ -112,6 +113,9 @@ class _Handler(BaseHTTPRequestHandler):
         params = {k: v[0] for k, v in parse_qs(query).items()}
         if path == "/stream":
             self._stream(backend)
+        elif path == "/stall":
+            backend.release.wait(10)  # set by kill(): a stalled request never holds up the teardown
+            self._reply(200, b"stalled")
         elif path == "/slow":
             time.sleep(float(params.get("seconds", "1")))
             self._reply(200, b"slow")
