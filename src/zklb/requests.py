@@ -34,6 +34,7 @@ from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from requests.adapters import BaseAdapter
 from requests.cookies import RequestsCookieJar, extract_cookies_to_jar
 from urllib3.response import HTTPResponse
 from urllib3.util import Timeout
@@ -44,7 +45,7 @@ from zklb.errors import NoServerAvailable
 from zklb.instance import DEFAULT_PORTS, ServiceInstance
 from zklb.retry import RetryPolicy, is_failure_status, resolve_policy
 
-__all__ = ["LoadBalancedAdapter", "NoServerAvailableError"]
+__all__ = ["LoadBalancedAdapter", "NoServerAvailableError", "mount"]
 
 _Timeout = float | tuple[float, float] | tuple[float, None] | None
 _Cert = bytes | str | tuple[bytes | str, bytes | str] | None
@@ -112,10 +113,24 @@ def _authority(server: ServiceInstance) -> str:
     return host if DEFAULT_PORTS[server.scheme] == server.port else f"{host}:{server.port}"
 
 
+class _Route:
+    """One balancer as an adapter uses it: its retry policy and which ``Host`` header to send."""
+
+    __slots__ = ("lb", "policy", "preserve_host")
+
+    def __init__(self, lb: LoadBalancer, policy: RetryPolicy | None, preserve_host: bool) -> None:
+        self.lb = lb
+        self.policy = policy
+        self.preserve_host = preserve_host
+
+
 class LoadBalancedAdapter(HTTPAdapter):
     """A requests adapter that sends each request for the service to an instance ``lb`` picks.
 
-    Mount it on the logical base URL: ``session.mount("http://api/", LoadBalancedAdapter(lb))``.
+    Best installed with `mount` (``zklb.requests.mount(session, lb)``), which balances every URL for
+    the service, credentials or port included. Mounted by hand, on the logical base URL
+    (``session.mount("http://api/", LoadBalancedAdapter(lb))``), it only sees URLs that start with
+    exactly that prefix.
 
     - ``preserve_host``: send the logical ``Host`` header (e.g. ``api``) instead of the instance's
       address, for servers that route on it.
@@ -138,16 +153,17 @@ class LoadBalancedAdapter(HTTPAdapter):
         hosts: Collection[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._lb = lb
-        self._preserve_host = preserve_host
-        self._policy = resolve_policy(retry)
-        self._hosts = frozenset(h.lower() for h in (hosts if hosts is not None else (lb.service,)))
+        self._route = _Route(lb, resolve_policy(retry), preserve_host)
+        names = hosts if hosts is not None else (lb.service,)
+        self._routes: dict[str, _Route] = {name.lower(): self._route for name in names}
+        # Set by mount(): the adapters the session had for other hosts, by scheme.
+        self._others: dict[str, BaseAdapter] = {}
         super().__init__(**kwargs)
 
     @property
     def retry(self) -> RetryPolicy | None:
-        """The retry policy in use, or None."""
-        return self._policy
+        """The retry policy in use (for ``lb``, the first balancer, when `mount` gave several), or None."""
+        return self._route.policy
 
     def send(  # noqa: PLR0917 - HTTPAdapter.send's signature
         self,
@@ -160,7 +176,8 @@ class LoadBalancedAdapter(HTTPAdapter):
     ) -> requests.Response:
         """Send ``request`` to an instance (retrying on others as the policy allows).
 
-        Every argument is passed on to `HTTPAdapter.send` for each attempt.
+        Every argument is passed on to `HTTPAdapter.send` for each attempt. A request for another host
+        is sent exactly as without this adapter.
         """
         options: dict[str, Any] = {
             "stream": stream,
@@ -170,26 +187,31 @@ class LoadBalancedAdapter(HTTPAdapter):
             "proxies": proxies,
         }
         url = urlsplit(request.url or "")
-        if (url.hostname or "") not in self._hosts:
-            return super().send(request, **options)
+        route = self._routes.get(url.hostname or "")  # hostname: lower case, without userinfo or port
+        if route is None:
+            other = self._others.get(url.scheme)
+            if other is None:
+                return super().send(request, **options)
+            return other.send(request, **options)
         attempts = Attempts(
-            self._lb,
-            self._policy,
+            route.lb,
+            route.policy,
             _HOOKS,
             method=request.method or "GET",
             replayable=_replayable(request.body),
         )
         try:
-            return attempts.run(functools.partial(self._send, request, url, options, attempts))
+            return attempts.run(functools.partial(self._send, request, url, route, options, attempts))
         except NoServerAvailable as exc:
             if isinstance(exc, requests.ConnectionError):  # already one (a nested adapter): keep it
                 raise
             raise NoServerAvailableError(exc.service, exc.root, exc.reason, request=request) from exc
 
-    def _send(
+    def _send(  # noqa: PLR0917 - bound with functools.partial, once per request
         self,
         request: requests.PreparedRequest,
         url: SplitResult,
+        route: _Route,
         options: dict[str, Any],
         attempts: Attempts[requests.Response],
         lease: Lease,
@@ -198,7 +220,7 @@ class LoadBalancedAdapter(HTTPAdapter):
         # A copy: the session keeps the original for redirects, cookies and the response.
         sent = request.copy()
         sent.url = url._replace(scheme=server.scheme, netloc=_authority(server)).geturl()
-        sent.headers["Host"] = url.netloc.rpartition("@")[2] if self._preserve_host else _authority(server)
+        sent.headers["Host"] = url.netloc.rpartition("@")[2] if route.preserve_host else _authority(server)
         time_left = attempts.time_left()
         if time_left is not None:
             options = {**options, "timeout": _cut_timeout(options["timeout"], time_left)}
@@ -221,9 +243,66 @@ class LoadBalancedAdapter(HTTPAdapter):
             response.content  # noqa: B018 - reading is the point
         return response
 
+    def _add(self, lb: LoadBalancer, preserve_host: bool, retry: RetryPolicy | bool | None) -> None:
+        name = lb.service.lower()
+        if name in self._routes:
+            raise ValueError(f"two balancers for service {lb.service!r}: which one is meant is unclear")
+        self._routes[name] = _Route(lb, resolve_policy(retry), preserve_host)
+
+    def close(self) -> None:
+        """Close the connection pools, and the adapters `mount` took over for other hosts."""
+        super().close()
+        for other in self._others.values():
+            other.close()
+
     def __repr__(self) -> str:
-        retry = "off" if self._policy is None else repr(self._policy)
-        return f"<LoadBalancedAdapter {self._lb.service} hosts={sorted(self._hosts)} retry={retry}>"
+        services = sorted({route.lb.service for route in self._routes.values()})
+        retry = "off" if self._route.policy is None else repr(self._route.policy)
+        return f"<LoadBalancedAdapter {','.join(services)} hosts={sorted(self._routes)} retry={retry}>"
+
+
+def mount(
+    session: requests.Session,
+    *balancers: LoadBalancer,
+    preserve_host: bool = False,
+    retry: RetryPolicy | bool | None = True,
+    **kwargs: Any,
+) -> LoadBalancedAdapter:
+    """Balance every request ``session`` makes to one of the ``balancers``' services; the recommended setup.
+
+    ::
+
+        zklb.requests.mount(session, users_lb, orders_lb)
+        session.get("http://users/1")                  # to an instance of "users"
+        session.get("http://user:pw@orders:8080/x")    # to an instance of "orders", with the credentials
+        session.get("https://example.org/")            # as without zklb
+
+    One `LoadBalancedAdapter` is mounted on ``http://`` and ``https://``. A request whose host is a
+    balancer's service goes to one of its instances, whatever the URL's userinfo or port (requests
+    matches mount prefixes on the whole URL, so an adapter mounted by hand on ``http://api/`` never
+    sees ``http://user:pw@api/``, and the credentials go wherever DNS says ``api`` is). Every other
+    request is sent by the adapter the session had for its scheme, exactly as before; the adapter
+    closes those with itself. Adapters mounted on longer prefixes (``http://other/``) still take
+    precedence, as requests orders them.
+
+    ``preserve_host`` and ``kwargs`` are `LoadBalancedAdapter`'s. ``retry``: True gives each balancer a
+    new default policy (and its own budget); a `RetryPolicy` is shared by all. Returns the adapter.
+    """
+    if not balancers:
+        raise ValueError("mount() needs at least one balancer")
+    first, *others = balancers
+    adapter = LoadBalancedAdapter(first, preserve_host=preserve_host, retry=retry, **kwargs)
+    for lb in others:
+        adapter._add(lb, preserve_host, retry)
+    for scheme in ("http", "https"):
+        prefix = f"{scheme}://"
+        try:
+            # What the session would use for a URL of this scheme that no longer prefix matches.
+            adapter._others[scheme] = session.get_adapter(prefix)
+        except requests.exceptions.InvalidSchema:
+            pass  # none: the adapter sends such requests itself
+        session.mount(prefix, adapter)
+    return adapter
 
 
 _HOOKED = ("close", "read", "read_chunked", "release_conn")
