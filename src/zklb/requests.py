@@ -30,12 +30,15 @@ except ImportError as exc:
     ) from exc
 
 import functools
+import weakref
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
+from urllib.request import getproxies
 
 from requests.adapters import BaseAdapter
 from requests.cookies import RequestsCookieJar, extract_cookies_to_jar
+from requests.utils import select_proxy, should_bypass_proxies
 from urllib3.response import HTTPResponse
 from urllib3.util import Timeout
 
@@ -128,9 +131,9 @@ class LoadBalancedAdapter(HTTPAdapter):
     """A requests adapter that sends each request for the service to an instance ``lb`` picks.
 
     Best installed with `mount` (``zklb.requests.mount(session, lb)``), which balances every URL for
-    the service, credentials or port included. Mounted by hand, on the logical base URL
-    (``session.mount("http://api/", LoadBalancedAdapter(lb))``), it only sees URLs that start with
-    exactly that prefix.
+    the service, credentials or port included, and knows the session's proxy settings. Mounted by
+    hand, on the logical base URL (``session.mount("http://api/", LoadBalancedAdapter(lb))``), it only
+    sees URLs that start with exactly that prefix.
 
     - ``preserve_host``: send the logical ``Host`` header (e.g. ``api``) instead of the instance's
       address, for servers that route on it.
@@ -139,6 +142,9 @@ class LoadBalancedAdapter(HTTPAdapter):
       as a plain `HTTPAdapter` would, which matters only when it is mounted more widely.
     - other keyword arguments (``pool_connections``, ``pool_maxsize``, ``max_retries``, ``pool_block``)
       go to `HTTPAdapter`; ``max_retries`` are urllib3's retries on the same instance.
+
+    Proxies are chosen for the instance's URL, as requests would choose them for a request to it
+    (``NO_PROXY`` included); see docs/requests.md for the one case only `mount` gets right.
 
     A connection error, a timeout or a 5xx response counts as a failure of the instance. An empty pool
     raises `NoServerAvailableError` (a ``requests.ConnectionError``).
@@ -156,8 +162,9 @@ class LoadBalancedAdapter(HTTPAdapter):
         self._route = _Route(lb, resolve_policy(retry), preserve_host)
         names = hosts if hosts is not None else (lb.service,)
         self._routes: dict[str, _Route] = {name.lower(): self._route for name in names}
-        # Set by mount(): the adapters the session had for other hosts, by scheme.
+        # Set by mount(): the adapters the session had for other hosts, by scheme, and the session.
         self._others: dict[str, BaseAdapter] = {}
+        self._session: weakref.ref[requests.Session] | None = None
         super().__init__(**kwargs)
 
     @property
@@ -176,8 +183,9 @@ class LoadBalancedAdapter(HTTPAdapter):
     ) -> requests.Response:
         """Send ``request`` to an instance (retrying on others as the policy allows).
 
-        Every argument is passed on to `HTTPAdapter.send` for each attempt. A request for another host
-        is sent exactly as without this adapter.
+        Every argument is passed on to `HTTPAdapter.send` for each attempt (``proxies`` as requests
+        would have chosen them for the instance's URL). A request for another host is sent exactly as
+        without this adapter.
         """
         options: dict[str, Any] = {
             "stream": stream,
@@ -221,9 +229,17 @@ class LoadBalancedAdapter(HTTPAdapter):
         sent = request.copy()
         sent.url = url._replace(scheme=server.scheme, netloc=_authority(server)).geturl()
         sent.headers["Host"] = url.netloc.rpartition("@")[2] if route.preserve_host else _authority(server)
+        given = options["proxies"]
+        proxies = self._proxies_for(request.url or "", sent.url, given)
         time_left = attempts.time_left()
-        if time_left is not None:
-            options = {**options, "timeout": _cut_timeout(options["timeout"], time_left)}
+        if proxies is not given or time_left is not None:
+            options = {**options, "proxies": proxies}
+            if time_left is not None:
+                options["timeout"] = _cut_timeout(options["timeout"], time_left)
+            if proxies is not given and select_proxy(sent.url, proxies) is None:
+                # Added by requests for the proxy of the logical URL (on a redirect); the instance is
+                # reached directly and must not get the proxy's credentials.
+                sent.headers.pop("Proxy-Authorization", None)
         response = super().send(sent, **options)
         # Present the response as the answer to the logical request, as the session expects.
         response.request = request
@@ -242,6 +258,50 @@ class LoadBalancedAdapter(HTTPAdapter):
             # makes a connection cut mid-body count against this instance, and be retried like any other.
             response.content  # noqa: B018 - reading is the point
         return response
+
+    def _proxies_for(
+        self, logical: str, sent: str, proxies: Mapping[str, str] | None
+    ) -> Mapping[str, str] | None:
+        """The proxies requests would use for a request to ``sent``, given those it chose for ``logical``.
+
+        requests merges the environment's proxies in (``HTTP_PROXY``, ...) unless ``NO_PROXY`` exempts
+        the URL, and it decided that for the logical URL (``http://api/``). The instance's URL may be
+        exempt when the logical one is not (``NO_PROXY=10.0.0.0/8``), or the other way round, so the
+        decision is made again for it with requests' own functions. Proxies given explicitly (to the
+        call, or on the session) apply to every URL in requests, and stay; one equal to the
+        environment's own cannot be told apart from it and is taken for it.
+        """
+        session = None if self._session is None else self._session()
+        trust_env = None if session is None else session.trust_env  # None: mounted by hand, unknown
+        if trust_env is False or (trust_env is None and not proxies):
+            return proxies  # nothing from the environment in them, and none may be added
+        environment = getproxies()
+        if not environment:
+            return proxies
+        no_proxy = proxies.get("no_proxy") if proxies else None
+        logical_proxied = not should_bypass_proxies(logical, no_proxy)
+        if logical_proxied == (not should_bypass_proxies(sent, no_proxy)):
+            return proxies
+        session_proxies: Mapping[str, str] = {} if session is None else session.proxies
+        if logical_proxied:  # the environment's proxies were merged in, but the instance is exempt
+            kept = {
+                k: v
+                for k, v in (proxies or {}).items()
+                if v not in (environment.get(k), environment.get("all"))
+            }
+            for key, value in session_proxies.items():  # shadowed by the environment's in requests' merge
+                kept.setdefault(key, value)
+            return kept
+        if trust_env is None:
+            # The logical URL is exempt, the instance is not: requests would proxy a request to it only
+            # if the session trusts the environment, which an adapter mounted by hand cannot see. Never
+            # add a proxy the session may not want.
+            return proxies
+        merged = dict(proxies or {})
+        for key, value in environment.items():  # as Session.request merges: over the session's own
+            if key not in merged or merged[key] == session_proxies.get(key):
+                merged[key] = value
+        return merged
 
     def _add(self, lb: LoadBalancer, preserve_host: bool, retry: RetryPolicy | bool | None) -> None:
         name = lb.service.lower()
@@ -302,6 +362,8 @@ def mount(
         except requests.exceptions.InvalidSchema:
             pass  # none: the adapter sends such requests itself
         session.mount(prefix, adapter)
+    # Weak: the session holds the adapter; the adapter only needs to read its proxy settings.
+    adapter._session = weakref.ref(session)
     return adapter
 
 
