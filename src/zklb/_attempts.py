@@ -13,6 +13,8 @@ How one logical request runs (``Attempts``), the same for httpx (sync and async)
    the next attempt has its server, so that when no retry can be made the caller still gets it, open.
 4. When attempts run out the caller sees what a plain client would: the last retryable response
    (returned, not raised) or the last error; `NoServerAvailable` only if no server was ever picked.
+5. Under a policy's deadline no attempt or wait starts that would end after it, and ``send`` cuts each
+   attempt's timeout to `Attempts.time_left`, so the last attempt ends in the client's own timeout.
 
 Nothing here does I/O; the transports pass in a ``send(lease)`` function. The sync and async drivers
 (``run`` and ``arun``) differ only in ``await``; every decision is made by shared methods.

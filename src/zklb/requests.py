@@ -30,6 +30,7 @@ except ImportError as exc:
     ) from exc
 
 import functools
+import os
 import weakref
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any
@@ -114,6 +115,11 @@ def _replayable(body: object) -> bool:
 def _authority(server: ServiceInstance) -> str:
     host = f"[{server.host}]" if ":" in server.host else server.host
     return host if DEFAULT_PORTS[server.scheme] == server.port else f"{host}:{server.port}"
+
+
+# The environment variables whose proxies select_proxy() can pick for an http(s) URL (urllib reads both
+# cases; requests' merge turns them into the keys "http", "https" and "all").
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 
 class _Route:
@@ -275,9 +281,11 @@ class LoadBalancedAdapter(HTTPAdapter):
         trust_env = None if session is None else session.trust_env  # None: mounted by hand, unknown
         if trust_env is False or (trust_env is None and not proxies):
             return proxies  # nothing from the environment in them, and none may be added
-        environment = getproxies()
-        if not environment:
+        # The common case, cheaply (getproxies() scans the whole environment, ~50 us): no environment
+        # proxy that an http(s) URL could use. Variables in odd case (Http_Proxy) are left to requests.
+        if not any(os.environ.get(name) for name in _PROXY_VARIABLES):
             return proxies
+        environment = getproxies()
         no_proxy = proxies.get("no_proxy") if proxies else None
         logical_proxied = not should_bypass_proxies(logical, no_proxy)
         if logical_proxied == (not should_bypass_proxies(sent, no_proxy)):
@@ -345,11 +353,14 @@ def mount(
     closes those with itself. Adapters mounted on longer prefixes (``http://other/``) still take
     precedence, as requests orders them.
 
-    ``preserve_host`` and ``kwargs`` are `LoadBalancedAdapter`'s. ``retry``: True gives each balancer a
-    new default policy (and its own budget); a `RetryPolicy` is shared by all. Returns the adapter.
+    ``preserve_host`` is `LoadBalancedAdapter`'s, ``kwargs`` `HTTPAdapter`'s (``pool_maxsize``, ...).
+    ``retry``: True gives each balancer a new default policy (and its own budget); a `RetryPolicy` is
+    shared by all. Returns the adapter.
     """
     if not balancers:
         raise ValueError("mount() needs at least one balancer")
+    if "hosts" in kwargs:  # it would apply to the first balancer only
+        raise TypeError("mount() balances each balancer's service; for other names, mount adapters by hand")
     first, *others = balancers
     adapter = LoadBalancedAdapter(first, preserve_host=preserve_host, retry=retry, **kwargs)
     for lb in others:

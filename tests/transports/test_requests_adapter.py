@@ -375,6 +375,8 @@ def test_mount_several_services(backends: StartBackends, make_lb: MakeBalancer) 
         zklb.requests.mount(requests.Session(), users, LoadBalancer.static([], service=users.service))
     with pytest.raises(ValueError, match="at least one"):
         zklb.requests.mount(requests.Session())
+    with pytest.raises(TypeError, match="each balancer's service"):
+        zklb.requests.mount(requests.Session(), users, hosts=["other"])
 
 
 # -- errors ------------------------------------------------------------------------------------------
