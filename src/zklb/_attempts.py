@@ -55,7 +55,9 @@ def end_lease(lease: Lease, cancelled: bool) -> None:
     cancellation propagates from elsewhere (the caller's code in a ``stream`` block, an event hook):
     the clients close responses in ``except BaseException`` / ``finally`` blocks and ``__exit__``,
     where ``sys.exception()`` is that cancellation. Either way the time so far is no latency and the
-    request no success (docs/acquire.md), so the lease is cancelled rather than released.
+    request no success (docs/acquire.md), so the lease is cancelled rather than released. (The one
+    case this misjudges is harmless: a response closed normally inside the caller's own
+    ``except CancelledError:`` block records nothing, as if it had been cancelled.)
     """
     if cancelled or is_cancellation(sys.exception()):
         lease.cancel()
