@@ -58,9 +58,7 @@ class NoServerAvailableError(NoServerAvailable, httpx.ConnectError):
         httpx.ConnectError.__init__(self, str(self), request=request)
 
 
-def _no_server(exc: NoServerAvailable, request: httpx.Request) -> httpx.ConnectError:
-    if isinstance(exc, httpx.ConnectError):  # already one (an inner zklb transport): keep its request
-        return exc
+def _no_server(exc: NoServerAvailable, request: httpx.Request) -> NoServerAvailableError:
     return NoServerAvailableError(exc.service, exc.root, exc.reason, request=request)
 
 
@@ -273,8 +271,8 @@ class LoadBalancedTransport(httpx.BaseTransport):
 
     A connection error, a timeout or a 5xx response counts as a failure of the instance. An empty pool
     raises `NoServerAvailableError` (an ``httpx.ConnectError``). The instance stays in flight until the
-    response is closed (``client.get`` closes it; ``client.stream`` when its
-    block ends). The balancer is the caller's: it is not closed here.
+    response is closed (``client.get`` closes it; ``client.stream`` when its block ends). The balancer
+    is the caller's: it is not closed here.
     """
 
     def __init__(
@@ -302,6 +300,8 @@ class LoadBalancedTransport(httpx.BaseTransport):
         try:
             return attempts.run(functools.partial(self._send, request, attempts))
         except NoServerAvailable as exc:
+            if isinstance(exc, httpx.ConnectError):  # already one (an inner zklb transport): keep it
+                raise
             raise _no_server(exc, request) from exc
 
     def _send(
@@ -353,6 +353,8 @@ class AsyncLoadBalancedTransport(httpx.AsyncBaseTransport):
         try:
             return await attempts.arun(functools.partial(self._send, request, attempts))
         except NoServerAvailable as exc:
+            if isinstance(exc, httpx.ConnectError):  # already one (an inner zklb transport): keep it
+                raise
             raise _no_server(exc, request) from exc
 
     async def _send(

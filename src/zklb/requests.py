@@ -3,10 +3,10 @@
 ::
 
     import requests
-    from zklb.requests import LoadBalancedAdapter
+    import zklb.requests
 
     session = requests.Session()
-    session.mount("http://api/", LoadBalancedAdapter(lb))   # "api" is lb.service
+    zklb.requests.mount(session, lb)   # "api" is lb.service; other hosts are sent as before
     session.get("http://api/users/1")
 
 The adapter sends a copy of the prepared request with the scheme, host and port of the instance, and
