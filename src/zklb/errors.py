@@ -6,6 +6,8 @@ Every error zklb raises on purpose derives from one root::
     ├── InvalidInstance        a URL, host, port, weight or znode payload that is not a valid instance
     ├── UnknownStrategy        a strategy name that is not registered (the message lists the valid ones)
     ├── NoServerAvailable      the pool is empty, or every candidate was excluded
+    │   ├── zklb.httpx.NoServerAvailableError      also an httpx.ConnectError (raised by the transports)
+    │   └── zklb.requests.NoServerAvailableError   also a requests.ConnectionError (the adapter)
     ├── RegistryError          ZooKeeper refused or failed a registry operation, or did not answer in time
     ├── ClosedError            a component was used after ``close()``
     └── ConfigurationError     a setting (a policy, a timeout) out of its range

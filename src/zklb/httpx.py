@@ -14,7 +14,7 @@ untouched, so an absolute redirect elsewhere goes where it points. The instance 
 in flight until the response body is closed, not when the headers arrive.
 
 Both transports share `_Balancing` (which requests, how to rewrite them, how an outcome is counted)
-and ``zklb.retry.Attempts`` (the retry loop); the sync and async classes only do the I/O.
+and ``zklb._attempts.Attempts`` (the retry loop); the sync and async classes only do the I/O.
 """
 
 from __future__ import annotations
@@ -29,11 +29,37 @@ except ImportError as exc:
 import functools
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 
+from zklb._attempts import Attempts, ClientHooks, end_lease
 from zklb.balancer import Lease, LoadBalancer
+from zklb.errors import NoServerAvailable
 from zklb.instance import DEFAULT_PORTS, ServiceInstance
-from zklb.retry import Attempts, ClientHooks, RetryPolicy, is_failure_status, resolve_policy
+from zklb.retry import RetryPolicy, is_failure_status, resolve_policy
 
-__all__ = ["AsyncLoadBalancedTransport", "LoadBalancedTransport"]
+__all__ = ["AsyncLoadBalancedTransport", "LoadBalancedTransport", "NoServerAvailableError"]
+
+
+class NoServerAvailableError(NoServerAvailable, httpx.ConnectError):
+    """No instance to send a request to: both a `zklb.NoServerAvailable` and an ``httpx.ConnectError``.
+
+    What the transports raise for an empty pool (or a pool whose every instance is excluded), so that
+    code written for plain httpx, which handles ``httpx.ConnectError`` or ``httpx.HTTPError``, handles it
+    too; ``request`` is the request the client sent, as on httpx's own errors.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        root: str = "/services",
+        reason: str = "no instances registered",
+        *,
+        request: httpx.Request | None = None,
+    ) -> None:
+        NoServerAvailable.__init__(self, service, root, reason)
+        httpx.ConnectError.__init__(self, str(self), request=request)
+
+
+def _no_server(exc: NoServerAvailable, request: httpx.Request) -> NoServerAvailableError:
+    return NoServerAvailableError(exc.service, exc.root, exc.reason, request=request)
 
 
 def _status(response: httpx.Response) -> int:
@@ -55,6 +81,7 @@ _HOOKS: ClientHooks[httpx.Response] = ClientHooks(
     status=_status,
     close=_close,
     aclose=_aclose,
+    unsent=lambda error: isinstance(error, httpx.ConnectError | httpx.ConnectTimeout),
 )
 
 
@@ -100,6 +127,23 @@ def _pick_url_copier() -> Callable[[httpx.URL, ServiceInstance], httpx.URL]:
 _url_for = _pick_url_copier()
 
 
+_TIMEOUT_PHASES = ("connect", "read", "write", "pool")
+
+
+def _cut_timeout(timeout: object, time_left: float) -> dict[str, float]:
+    """The client's per-phase timeouts (``request.extensions["timeout"]``), none longer than ``time_left``.
+
+    httpx has no timeout for a whole request, only per phase (and per read), so each phase is cut: a
+    phase that would outlast the deadline raises httpx's own timeout error for that phase.
+    """
+    given = timeout if isinstance(timeout, dict) else {}
+    cut: dict[str, float] = {}
+    for phase in _TIMEOUT_PHASES:
+        seconds = given.get(phase)
+        cut[phase] = time_left if seconds is None else min(seconds, time_left)
+    return cut
+
+
 class _Balancing:
     """The sync-agnostic part of both transports: which requests, rewritten how, counted how."""
 
@@ -125,12 +169,18 @@ class _Balancing:
         replayable = isinstance(request.stream, httpx.ByteStream)
         return Attempts(self.lb, self.policy, _HOOKS, method=request.method, replayable=replayable)
 
-    def rewrite(self, request: httpx.Request, server: ServiceInstance) -> httpx.Request:
+    def rewrite(
+        self, request: httpx.Request, server: ServiceInstance, time_left: float | None
+    ) -> httpx.Request:
         """A copy of ``request`` addressed to ``server``; the original stays as the client built it,
-        so the response, cookies and redirects keep the logical URL."""
+        so the response, cookies and redirects keep the logical URL. ``time_left``: the policy's
+        deadline, which no phase of this attempt may outlast."""
         url = _url_for(request.url, server)
+        extensions = request.extensions
+        if time_left is not None:
+            extensions = {**extensions, "timeout": _cut_timeout(extensions.get("timeout"), time_left)}
         sent = httpx.Request(
-            request.method, url, headers=request.headers, stream=request.stream, extensions=request.extensions
+            request.method, url, headers=request.headers, stream=request.stream, extensions=extensions
         )
         if not self.preserve_host:
             sent.headers["Host"] = url.netloc.decode("ascii")
@@ -153,24 +203,33 @@ class _Balancing:
 
 
 class _LeasedStream(httpx.SyncByteStream):
-    """A response body that releases its lease when closed; a read error marks a failure."""
+    """A response body that releases its lease when closed; a read error marks a failure, and a
+    cancellation or interrupt (during the read or while it closes) records nothing."""
 
     def __init__(self, stream: httpx.SyncByteStream, lease: Lease) -> None:
         self._stream = stream
         self._lease = lease
+        self._cancelled = False
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self._stream
-        except Exception:  # not GeneratorExit: a reader that stops early is no failure of the server
+        except Exception:
             self._lease.report(False)
+            raise
+        except GeneratorExit:  # a reader that stops early is no failure of the server
+            raise
+        except BaseException:
+            # KeyboardInterrupt mid-body: httpx closes the response next, and that close must not
+            # count the interrupted read as a success.
+            self._cancelled = True
             raise
 
     def close(self) -> None:
         try:
             self._stream.close()
         finally:
-            self._lease.release()
+            end_lease(self._lease, self._cancelled)
 
 
 class _LeasedAsyncStream(httpx.AsyncByteStream):
@@ -179,6 +238,7 @@ class _LeasedAsyncStream(httpx.AsyncByteStream):
     def __init__(self, stream: httpx.AsyncByteStream, lease: Lease) -> None:
         self._stream = stream
         self._lease = lease
+        self._cancelled = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -187,12 +247,17 @@ class _LeasedAsyncStream(httpx.AsyncByteStream):
         except Exception:
             self._lease.report(False)
             raise
+        except GeneratorExit:
+            raise
+        except BaseException:  # CancelledError: a timeout or a cancelled task, nothing about the server
+            self._cancelled = True
+            raise
 
     async def aclose(self) -> None:
         try:
             await self._stream.aclose()
         finally:
-            self._lease.release()
+            end_lease(self._lease, self._cancelled)
 
 
 class LoadBalancedTransport(httpx.BaseTransport):
@@ -205,9 +270,10 @@ class LoadBalancedTransport(httpx.BaseTransport):
     - ``retry``: a `RetryPolicy`, True for a new default policy, False or None for no retries.
     - ``hosts``: the host names to balance (default: ``lb.service``); other hosts pass through.
 
-    A connection error, a timeout or a 5xx response counts as a failure of the instance. The instance
-    stays in flight until the response is closed (``client.get`` closes it; ``client.stream`` when its
-    block ends). The balancer is the caller's: it is not closed here.
+    A connection error, a timeout or a 5xx response counts as a failure of the instance. An empty pool
+    raises `NoServerAvailableError` (an ``httpx.ConnectError``). The instance stays in flight until the
+    response is closed (``client.get`` closes it; ``client.stream`` when its block ends). The balancer
+    is the caller's: it is not closed here.
     """
 
     def __init__(
@@ -231,10 +297,19 @@ class LoadBalancedTransport(httpx.BaseTransport):
         """Send ``request`` to an instance (retrying on others as the policy allows)."""
         if not self._core.balances(request):
             return self._transport.handle_request(request)
-        return self._core.attempts(request).run(functools.partial(self._send, request))
+        attempts = self._core.attempts(request)
+        try:
+            return attempts.run(functools.partial(self._send, request, attempts))
+        except NoServerAvailable as exc:
+            if isinstance(exc, httpx.ConnectError):  # already one (an inner zklb transport): keep it
+                raise
+            raise _no_server(exc, request) from exc
 
-    def _send(self, request: httpx.Request, lease: Lease) -> httpx.Response:
-        response = self._transport.handle_request(self._core.rewrite(request, lease.server))
+    def _send(
+        self, request: httpx.Request, attempts: Attempts[httpx.Response], lease: Lease
+    ) -> httpx.Response:
+        sent = self._core.rewrite(request, lease.server, attempts.time_left())
+        response = self._transport.handle_request(sent)
         if self._core.settle(response, lease):
             assert isinstance(response.stream, httpx.SyncByteStream)
             response.stream = _LeasedStream(response.stream, lease)
@@ -278,10 +353,19 @@ class AsyncLoadBalancedTransport(httpx.AsyncBaseTransport):
         lb = self._core.lb
         if not lb.started:
             await lb.astart()  # a first request must not block the event loop while ZooKeeper answers
-        return await self._core.attempts(request).arun(functools.partial(self._send, request))
+        attempts = self._core.attempts(request)
+        try:
+            return await attempts.arun(functools.partial(self._send, request, attempts))
+        except NoServerAvailable as exc:
+            if isinstance(exc, httpx.ConnectError):  # already one (an inner zklb transport): keep it
+                raise
+            raise _no_server(exc, request) from exc
 
-    async def _send(self, request: httpx.Request, lease: Lease) -> httpx.Response:
-        response = await self._transport.handle_async_request(self._core.rewrite(request, lease.server))
+    async def _send(
+        self, request: httpx.Request, attempts: Attempts[httpx.Response], lease: Lease
+    ) -> httpx.Response:
+        sent = self._core.rewrite(request, lease.server, attempts.time_left())
+        response = await self._transport.handle_async_request(sent)
         if self._core.settle(response, lease):
             assert isinstance(response.stream, httpx.AsyncByteStream)
             response.stream = _LeasedAsyncStream(response.stream, lease)

@@ -3,10 +3,10 @@
 ::
 
     import requests
-    from zklb.requests import LoadBalancedAdapter
+    import zklb.requests
 
     session = requests.Session()
-    session.mount("http://api/", LoadBalancedAdapter(lb))   # "api" is lb.service
+    zklb.requests.mount(session, lb)   # "api" is lb.service; other hosts are sent as before
     session.get("http://api/users/1")
 
 The adapter sends a copy of the prepared request with the scheme, host and port of the instance, and
@@ -30,18 +30,27 @@ except ImportError as exc:
     ) from exc
 
 import functools
+import os
+import weakref
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
+from urllib.request import getproxies
 
+from requests.adapters import BaseAdapter
 from requests.cookies import RequestsCookieJar, extract_cookies_to_jar
+from requests.utils import select_proxy, should_bypass_proxies
+from urllib3.exceptions import NewConnectionError
 from urllib3.response import HTTPResponse
+from urllib3.util import Timeout
 
+from zklb._attempts import Attempts, ClientHooks, end_lease
 from zklb.balancer import Lease, LoadBalancer
+from zklb.errors import NoServerAvailable
 from zklb.instance import DEFAULT_PORTS, ServiceInstance
-from zklb.retry import Attempts, ClientHooks, RetryPolicy, is_failure_status, resolve_policy
+from zklb.retry import RetryPolicy, is_failure_status, resolve_policy
 
-__all__ = ["LoadBalancedAdapter"]
+__all__ = ["LoadBalancedAdapter", "NoServerAvailableError", "mount"]
 
 _Timeout = float | tuple[float, float] | tuple[float, None] | None
 _Cert = bytes | str | tuple[bytes | str, bytes | str] | None
@@ -55,12 +64,57 @@ def _close(response: requests.Response) -> None:
     response.close()
 
 
+def _unsent(error: BaseException) -> bool:
+    # requests wraps urllib3's MaxRetryError, whose reason says whether a connection was ever made.
+    if isinstance(error, requests.ConnectTimeout):
+        return True
+    cause = error.args[0] if isinstance(error, requests.ConnectionError) and error.args else None
+    return isinstance(getattr(cause, "reason", None), NewConnectionError)
+
+
 _HOOKS: ClientHooks[requests.Response] = ClientHooks(
     # Refused, dropped (before or, see _send, during the body) or timed out: another server may answer.
     retryable_errors=(requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError),
     status=_status,
     close=_close,
+    unsent=_unsent,
 )
+
+
+class NoServerAvailableError(NoServerAvailable, requests.ConnectionError):
+    """No instance to send a request to: both a `zklb.NoServerAvailable` and a ``requests.ConnectionError``.
+
+    What the adapter raises for an empty pool (or a pool whose every instance is excluded), so that code
+    written for plain requests, which handles ``requests.ConnectionError`` or
+    ``requests.RequestException``, handles it too; ``request`` is the prepared request, as on requests'
+    own errors.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        root: str = "/services",
+        reason: str = "no instances registered",
+        *,
+        request: requests.PreparedRequest | None = None,
+    ) -> None:
+        NoServerAvailable.__init__(self, service, root, reason)
+        requests.ConnectionError.__init__(self, str(self), request=request)
+
+
+def _cut_timeout(timeout: _Timeout | Timeout, time_left: float) -> Timeout:
+    """The caller's timeout for one attempt, cut so that the attempt ends by the policy's deadline.
+
+    urllib3's ``total`` bounds connecting and reading the response head together (each socket read of
+    the body stays bounded by the read timeout, as requests' own timeouts are).
+    """
+    if isinstance(timeout, Timeout):
+        cut = timeout.clone()
+        total = timeout.total
+        cut.total = min(total, time_left) if isinstance(total, int | float) else time_left
+        return cut
+    connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+    return Timeout(connect=connect, read=read, total=time_left)
 
 
 def _replayable(body: object) -> bool:
@@ -73,10 +127,29 @@ def _authority(server: ServiceInstance) -> str:
     return host if DEFAULT_PORTS[server.scheme] == server.port else f"{host}:{server.port}"
 
 
+# The environment variables whose proxies select_proxy() can pick for an http(s) URL (urllib reads both
+# cases; requests' merge turns them into the keys "http", "https" and "all").
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+class _Route:
+    """One balancer as an adapter uses it: its retry policy and which ``Host`` header to send."""
+
+    __slots__ = ("lb", "policy", "preserve_host")
+
+    def __init__(self, lb: LoadBalancer, policy: RetryPolicy | None, preserve_host: bool) -> None:
+        self.lb = lb
+        self.policy = policy
+        self.preserve_host = preserve_host
+
+
 class LoadBalancedAdapter(HTTPAdapter):
     """A requests adapter that sends each request for the service to an instance ``lb`` picks.
 
-    Mount it on the logical base URL: ``session.mount("http://api/", LoadBalancedAdapter(lb))``.
+    Best installed with `mount` (``zklb.requests.mount(session, lb)``), which balances every URL for
+    the service, credentials or port included, and knows the session's proxy settings. Mounted by
+    hand, on the logical base URL (``session.mount("http://api/", LoadBalancedAdapter(lb))``), it only
+    sees URLs that start with exactly that prefix.
 
     - ``preserve_host``: send the logical ``Host`` header (e.g. ``api``) instead of the instance's
       address, for servers that route on it.
@@ -86,7 +159,11 @@ class LoadBalancedAdapter(HTTPAdapter):
     - other keyword arguments (``pool_connections``, ``pool_maxsize``, ``max_retries``, ``pool_block``)
       go to `HTTPAdapter`; ``max_retries`` are urllib3's retries on the same instance.
 
-    A connection error, a timeout or a 5xx response counts as a failure of the instance.
+    Proxies are chosen for the instance's URL, as requests would choose them for a request to it
+    (``NO_PROXY`` included); see docs/requests.md for the one case only `mount` gets right.
+
+    A connection error, a timeout or a 5xx response counts as a failure of the instance. An empty pool
+    raises `NoServerAvailableError` (a ``requests.ConnectionError``).
     """
 
     def __init__(
@@ -98,16 +175,18 @@ class LoadBalancedAdapter(HTTPAdapter):
         hosts: Collection[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._lb = lb
-        self._preserve_host = preserve_host
-        self._policy = resolve_policy(retry)
-        self._hosts = frozenset(h.lower() for h in (hosts if hosts is not None else (lb.service,)))
+        self._route = _Route(lb, resolve_policy(retry), preserve_host)
+        names = hosts if hosts is not None else (lb.service,)
+        self._routes: dict[str, _Route] = {name.lower(): self._route for name in names}
+        # Set by mount(): the adapters the session had for other hosts, by scheme, and the session.
+        self._others: dict[str, BaseAdapter] = {}
+        self._session: weakref.ref[requests.Session] | None = None
         super().__init__(**kwargs)
 
     @property
     def retry(self) -> RetryPolicy | None:
-        """The retry policy in use, or None."""
-        return self._policy
+        """The retry policy in use (for ``lb``, the first balancer, when `mount` gave several), or None."""
+        return self._route.policy
 
     def send(  # noqa: PLR0917 - HTTPAdapter.send's signature
         self,
@@ -120,7 +199,9 @@ class LoadBalancedAdapter(HTTPAdapter):
     ) -> requests.Response:
         """Send ``request`` to an instance (retrying on others as the policy allows).
 
-        Every argument is passed on to `HTTPAdapter.send` for each attempt.
+        Every argument is passed on to `HTTPAdapter.send` for each attempt (``proxies`` as requests
+        would have chosen them for the instance's URL). A request for another host is sent exactly as
+        without this adapter.
         """
         options: dict[str, Any] = {
             "stream": stream,
@@ -130,25 +211,51 @@ class LoadBalancedAdapter(HTTPAdapter):
             "proxies": proxies,
         }
         url = urlsplit(request.url or "")
-        if (url.hostname or "") not in self._hosts:
-            return super().send(request, **options)
+        route = self._routes.get(url.hostname or "")  # hostname: lower case, without userinfo or port
+        if route is None:
+            other = self._others.get(url.scheme)
+            if other is None:
+                return super().send(request, **options)
+            return other.send(request, **options)
         attempts = Attempts(
-            self._lb,
-            self._policy,
+            route.lb,
+            route.policy,
             _HOOKS,
             method=request.method or "GET",
             replayable=_replayable(request.body),
         )
-        return attempts.run(functools.partial(self._send, request, url, options))
+        try:
+            return attempts.run(functools.partial(self._send, request, url, route, options, attempts))
+        except NoServerAvailable as exc:
+            if isinstance(exc, requests.ConnectionError):  # already one (a nested adapter): keep it
+                raise
+            raise NoServerAvailableError(exc.service, exc.root, exc.reason, request=request) from exc
 
-    def _send(
-        self, request: requests.PreparedRequest, url: SplitResult, options: dict[str, Any], lease: Lease
+    def _send(  # noqa: PLR0917 - bound with functools.partial, once per request
+        self,
+        request: requests.PreparedRequest,
+        url: SplitResult,
+        route: _Route,
+        options: dict[str, Any],
+        attempts: Attempts[requests.Response],
+        lease: Lease,
     ) -> requests.Response:
         server = lease.server
         # A copy: the session keeps the original for redirects, cookies and the response.
         sent = request.copy()
         sent.url = url._replace(scheme=server.scheme, netloc=_authority(server)).geturl()
-        sent.headers["Host"] = url.netloc.rpartition("@")[2] if self._preserve_host else _authority(server)
+        sent.headers["Host"] = url.netloc.rpartition("@")[2] if route.preserve_host else _authority(server)
+        given = options["proxies"]
+        proxies = self._proxies_for(request.url or "", sent.url, given)
+        time_left = attempts.time_left()
+        if proxies is not given or time_left is not None:
+            options = {**options, "proxies": proxies}
+            if time_left is not None:
+                options["timeout"] = _cut_timeout(options["timeout"], time_left)
+            if proxies is not given and select_proxy(sent.url, proxies) is None:
+                # Added by requests for the proxy of the logical URL (on a redirect); the instance is
+                # reached directly and must not get the proxy's credentials.
+                sent.headers.pop("Proxy-Authorization", None)
         response = super().send(sent, **options)
         # Present the response as the answer to the logical request, as the session expects.
         response.request = request
@@ -168,9 +275,117 @@ class LoadBalancedAdapter(HTTPAdapter):
             response.content  # noqa: B018 - reading is the point
         return response
 
+    def _proxies_for(
+        self, logical: str, sent: str, proxies: Mapping[str, str] | None
+    ) -> Mapping[str, str] | None:
+        """The proxies requests would use for a request to ``sent``, given those it chose for ``logical``.
+
+        requests merges the environment's proxies in (``HTTP_PROXY``, ...) unless ``NO_PROXY`` exempts
+        the URL, and it decided that for the logical URL (``http://api/``). The instance's URL may be
+        exempt when the logical one is not (``NO_PROXY=10.0.0.0/8``), or the other way round, so the
+        decision is made again for it with requests' own functions. Proxies given explicitly (to the
+        call, or on the session) apply to every URL in requests, and stay; one equal to the
+        environment's own cannot be told apart from it and is taken for it.
+        """
+        session = None if self._session is None else self._session()
+        trust_env = None if session is None else session.trust_env  # None: mounted by hand, unknown
+        if trust_env is False or (trust_env is None and not proxies):
+            return proxies  # nothing from the environment in them, and none may be added
+        # The common case, cheaply (getproxies() scans the whole environment, ~50 us): no environment
+        # proxy that an http(s) URL could use. Variables in odd case (Http_Proxy) are left to requests.
+        if not any(os.environ.get(name) for name in _PROXY_VARIABLES):
+            return proxies
+        environment = getproxies()
+        no_proxy = proxies.get("no_proxy") if proxies else None
+        logical_proxied = not should_bypass_proxies(logical, no_proxy)
+        if logical_proxied == (not should_bypass_proxies(sent, no_proxy)):
+            return proxies
+        session_proxies: Mapping[str, str] = {} if session is None else session.proxies
+        if logical_proxied:  # the environment's proxies were merged in, but the instance is exempt
+            kept = {
+                k: v
+                for k, v in (proxies or {}).items()
+                if v not in (environment.get(k), environment.get("all"))
+            }
+            for key, value in session_proxies.items():  # shadowed by the environment's in requests' merge
+                kept.setdefault(key, value)
+            return kept
+        if trust_env is None:
+            # The logical URL is exempt, the instance is not: requests would proxy a request to it only
+            # if the session trusts the environment, which an adapter mounted by hand cannot see. Never
+            # add a proxy the session may not want.
+            return proxies
+        merged = dict(proxies or {})
+        for key, value in environment.items():  # as Session.request merges: over the session's own
+            if key not in merged or merged[key] == session_proxies.get(key):
+                merged[key] = value
+        return merged
+
+    def _add(self, lb: LoadBalancer, preserve_host: bool, retry: RetryPolicy | bool | None) -> None:
+        name = lb.service.lower()
+        if name in self._routes:
+            raise ValueError(f"two balancers for service {lb.service!r}: which one is meant is unclear")
+        self._routes[name] = _Route(lb, resolve_policy(retry), preserve_host)
+
+    def close(self) -> None:
+        """Close the connection pools, and the adapters `mount` took over for other hosts."""
+        super().close()
+        for other in self._others.values():
+            other.close()
+
     def __repr__(self) -> str:
-        retry = "off" if self._policy is None else repr(self._policy)
-        return f"<LoadBalancedAdapter {self._lb.service} hosts={sorted(self._hosts)} retry={retry}>"
+        services = sorted({route.lb.service for route in self._routes.values()})
+        retry = "off" if self._route.policy is None else repr(self._route.policy)
+        return f"<LoadBalancedAdapter {','.join(services)} hosts={sorted(self._routes)} retry={retry}>"
+
+
+def mount(
+    session: requests.Session,
+    *balancers: LoadBalancer,
+    preserve_host: bool = False,
+    retry: RetryPolicy | bool | None = True,
+    **kwargs: Any,
+) -> LoadBalancedAdapter:
+    """Balance every request ``session`` makes to one of the ``balancers``' services; the recommended setup.
+
+    ::
+
+        zklb.requests.mount(session, users_lb, orders_lb)
+        session.get("http://users/1")                  # to an instance of "users"
+        session.get("http://user:pw@orders:8080/x")    # to an instance of "orders", with the credentials
+        session.get("https://example.org/")            # as without zklb
+
+    One `LoadBalancedAdapter` is mounted on ``http://`` and ``https://``. A request whose host is a
+    balancer's service goes to one of its instances, whatever the URL's userinfo or port (requests
+    matches mount prefixes on the whole URL, so an adapter mounted by hand on ``http://api/`` never
+    sees ``http://user:pw@api/``, and the credentials go wherever DNS says ``api`` is). Every other
+    request is sent by the adapter the session had for its scheme, exactly as before; the adapter
+    closes those with itself. Adapters mounted on longer prefixes (``http://other/``) still take
+    precedence, as requests orders them.
+
+    ``preserve_host`` is `LoadBalancedAdapter`'s, ``kwargs`` `HTTPAdapter`'s (``pool_maxsize``, ...).
+    ``retry``: True gives each balancer a new default policy (and its own budget); a `RetryPolicy` is
+    shared by all. Returns the adapter.
+    """
+    if not balancers:
+        raise ValueError("mount() needs at least one balancer")
+    if "hosts" in kwargs:  # it would apply to the first balancer only
+        raise TypeError("mount() balances each balancer's service; for other names, mount adapters by hand")
+    first, *others = balancers
+    adapter = LoadBalancedAdapter(first, preserve_host=preserve_host, retry=retry, **kwargs)
+    for lb in others:
+        adapter._add(lb, preserve_host, retry)
+    for scheme in ("http", "https"):
+        prefix = f"{scheme}://"
+        try:
+            # What the session would use for a URL of this scheme that no longer prefix matches.
+            adapter._others[scheme] = session.get_adapter(prefix)
+        except requests.exceptions.InvalidSchema:
+            pass  # none: the adapter sends such requests itself
+        session.mount(prefix, adapter)
+    # Weak: the session holds the adapter; the adapter only needs to read its proxy settings.
+    adapter._session = weakref.ref(session)
+    return adapter
 
 
 _HOOKED = ("close", "read", "read_chunked", "release_conn")
@@ -184,15 +399,17 @@ class _RawLease:
     attributes shadow the class's methods, so these hooks see every call, urllib3's own included; they
     call the class's implementation and are removed on release. A read that raises marks a failure;
     a ``release_conn`` from inside a read waits for the read to end, so the failure is counted first.
+    A read cut by an interrupt, or a close while one propagates, records nothing (see `end_lease`).
     """
 
-    __slots__ = ("_lease", "_pending", "_raw", "_reading")
+    __slots__ = ("_cancelled", "_lease", "_pending", "_raw", "_reading")
 
     def __init__(self, raw: HTTPResponse, lease: Lease) -> None:
         self._raw = raw
         self._lease = lease
         self._reading = 0
         self._pending = False
+        self._cancelled = False
 
     @classmethod
     def attach(cls, raw: HTTPResponse, lease: Lease) -> None:
@@ -209,6 +426,11 @@ class _RawLease:
         except Exception:
             self._lease.report(False)
             raise
+        except BaseException:
+            # KeyboardInterrupt mid-body: urllib3 releases the connection on the way out (and with it,
+            # in _end_read, the lease), which must not count the interrupted read as a success.
+            self._cancelled = True
+            raise
         finally:
             self._end_read()
 
@@ -217,8 +439,13 @@ class _RawLease:
         self._reading += 1
         try:
             yield from type(raw).read_chunked(raw, *args, **kwargs)
-        except Exception:  # not GeneratorExit: a reader that stops early is no failure of the server
+        except Exception:
             self._lease.report(False)
+            raise
+        except GeneratorExit:  # a reader that stops early is no failure of the server
+            raise
+        except BaseException:
+            self._cancelled = True
             raise
         finally:
             self._end_read()
@@ -249,4 +476,4 @@ class _RawLease:
         attrs = vars(self._raw)
         for name in _HOOKED:
             attrs.pop(name, None)
-        self._lease.release()
+        end_lease(self._lease, self._cancelled)

@@ -5,10 +5,14 @@ Routes every backend answers (any method):
 
 - ``/stream``: headers and a first chunk at once, the rest only when ``backend.release`` is set.
 - ``/slow?seconds=S``: answers after S seconds.
+- ``/stall``: answers only when ``backend.release`` is set (or after 10 s): a server that hangs.
 - ``/status/<code>``: answers with that status.
 - ``/redirect/relative``: 302 to ``/target``; ``/redirect/absolute?to=URL``: 302 to URL.
 - ``/cookie``: sets a cookie.
 - anything else: ``backend.status`` (200 unless a test changes it) and a JSON echo of the request.
+
+The ``proxy`` fixture is a forwarding HTTP proxy on 127.0.0.1 that records every request passing through
+it (``Proxy.seen``); it answers 502 for a host it cannot reach.
 
 ``Backend.kill()`` stops the server the hard way: the listening socket is closed (new connections are
 refused) and open connections are shut down; it returns once every server thread has ended.
@@ -20,6 +24,7 @@ Test modules import the names below for annotations only (``if TYPE_CHECKING:``)
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import socket
 import threading
@@ -28,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -45,18 +50,19 @@ class Hit:
     body: bytes
 
 
-class _Server(ThreadingHTTPServer):
+class _TrackedServer(ThreadingHTTPServer):
+    """A threaded HTTP server on 127.0.0.1 (a free port) that can cut its open connections."""
+
     # Handler threads are joined by server_close(), so a test leaves no thread behind.
     daemon_threads = False
     block_on_close = True
     # Many concurrent connects (the async test) must not overflow the backlog (a 1 s SYN retry).
     request_queue_size = 128
 
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(("127.0.0.1", 0), handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
@@ -77,6 +83,12 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a dropped connection mid-response is what the kill tests are about, not news
+
+
+class _Server(_TrackedServer):
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        super().__init__(_Handler)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -112,6 +124,9 @@ class _Handler(BaseHTTPRequestHandler):
         params = {k: v[0] for k, v in parse_qs(query).items()}
         if path == "/stream":
             self._stream(backend)
+        elif path == "/stall":
+            backend.release.wait(10)  # set by kill(): a stalled request never holds up the teardown
+            self._reply(200, b"stalled")
         elif path == "/slow":
             time.sleep(float(params.get("seconds", "1")))
             self._reply(200, b"slow")
@@ -244,6 +259,100 @@ class Backends(list[Backend]):
         return [b.count for b in self]
 
 
+@dataclass(frozen=True, slots=True)
+class Proxied:
+    """One request as the proxy saw it: ``target`` is the absolute URL it was asked to fetch."""
+
+    method: str
+    target: str
+    headers: dict[str, str]
+
+
+_HOP_BY_HOP = {"connection", "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer"}
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    wbufsize = -1
+    disable_nagle_algorithm = True
+    timeout = 10
+    server: _ProxyServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        proxy = self.server.proxy
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        proxy.record(Proxied(self.command, self.path, dict(self.headers.items())))
+        target = urlsplit(self.path)  # absolute-form, as clients address a forward proxy
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+        try:
+            upstream = http.client.HTTPConnection(target.hostname or "", target.port or 80, timeout=10)
+            try:
+                upstream.request(
+                    self.command,
+                    target.path + (f"?{target.query}" if target.query else ""),
+                    body=body or None,
+                    headers=headers,
+                )
+                answer = upstream.getresponse()
+                status, reply_headers, reply = answer.status, answer.getheaders(), answer.read()
+            finally:
+                upstream.close()
+        except OSError as exc:  # e.g. a logical name like "svc-..." that no DNS knows
+            status, reply_headers, reply = 502, [], f"proxy: {exc}".encode()
+        self.send_response(status)
+        for name, value in reply_headers:
+            if name.lower() not in _HOP_BY_HOP | {"content-length", "transfer-encoding"}:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(reply)
+
+    do_HEAD = do_POST = do_PUT = do_DELETE = do_OPTIONS = do_GET  # noqa: N815 - http.server's names
+
+
+class _ProxyServer(_TrackedServer):
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        super().__init__(_ProxyHandler)
+
+
+class Proxy:
+    """A forwarding HTTP proxy on 127.0.0.1 that records every request that passes through it."""
+
+    def __init__(self) -> None:
+        self._seen: list[Proxied] = []
+        self._lock = threading.Lock()
+        self._server = _ProxyServer(self)
+        self.port: int = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="proxy"
+        )
+        self._thread.start()
+
+    def record(self, proxied: Proxied) -> None:
+        with self._lock:
+            self._seen.append(proxied)
+
+    @property
+    def seen(self) -> list[Proxied]:
+        """Every request the proxy was asked to forward, in order."""
+        with self._lock:
+            return list(self._seen)
+
+    def close(self) -> None:
+        """Stop accepting, cut open connections and join every thread."""
+        self._server.shutdown()
+        self._thread.join()
+        self._server.drop_connections()
+        self._server.server_close()
+
+
 StartBackends = Callable[[int], Backends]
 """The type of the ``backends`` fixture."""
 MakeBalancer = Callable[..., LoadBalancer]
@@ -263,6 +372,14 @@ def backends() -> Iterator[StartBackends]:
     yield start
     for backend in started:
         backend.kill()
+
+
+@pytest.fixture
+def proxy() -> Iterator[Proxy]:
+    """A recording forward proxy on 127.0.0.1, closed after the test."""
+    started = Proxy()
+    yield started
+    started.close()
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ import pytest
 
 import zklb.httpx as zklb_httpx
 from zklb.balancer import LoadBalancer
-from zklb.httpx import AsyncLoadBalancedTransport, LoadBalancedTransport
+from zklb.errors import NoServerAvailable
+from zklb.httpx import AsyncLoadBalancedTransport, LoadBalancedTransport, NoServerAvailableError
 from zklb.instance import ServiceInstance
 from zklb.retry import RetryPolicy
 
@@ -308,6 +309,34 @@ def test_async_client_100_concurrent_requests(backends: StartBackends, make_lb: 
     assert [r.status_code for r in responses] == [200] * 100
     assert sorted(servers.counts()) == [33, 33, 34]
     assert all(s.in_flight == 0 for s in lb.stats().values())
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+
+def test_an_empty_pool_is_a_connect_error_with_the_request(
+    backends: StartBackends, make_lb: MakeBalancer
+) -> None:
+    (server,) = backends(1)
+    lb = make_lb([server])
+    assert lb.remove_server(server.url)  # the last instance leaves the pool: nothing to send to
+    url = f"http://{lb.service}/users/1"
+    with client(lb) as c, pytest.raises(httpx.ConnectError) as raised:  # what plain-httpx code handles
+        c.get(url)
+    error = raised.value
+    assert isinstance(error, NoServerAvailable) and isinstance(error, NoServerAvailableError)
+    assert (error.service, str(error.request.url)) == (lb.service, url)
+    assert isinstance(error.__cause__, NoServerAvailable)
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=AsyncLoadBalancedTransport(lb), timeout=TIMEOUT) as c:
+            with pytest.raises(httpx.HTTPError) as raised:
+                await c.post(url, content=b"x")
+        assert isinstance(raised.value, NoServerAvailable)
+        assert raised.value.request.method == "POST"
+
+    asyncio.run(main())
+    assert server.count == 0
 
 
 # -- without a network: a scripted inner transport and a static balancer ------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib
 import sys
 import threading
@@ -13,8 +14,10 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
+import zklb.requests
 from zklb.balancer import LoadBalancer
-from zklb.requests import LoadBalancedAdapter
+from zklb.errors import NoServerAvailable
+from zklb.requests import LoadBalancedAdapter, NoServerAvailableError
 from zklb.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -282,6 +285,120 @@ def test_streaming_request_body_is_not_retried(one_dead: tuple[LoadBalancer, Bac
                 errors += 1
     assert (errors, alive.count) == (1, 1)
     assert alive.hits[0].body == b"chunk"
+
+
+# -- mount(): every URL for the service, everything else as before ---------------------------------------
+
+
+class Recording(HTTPAdapter):
+    """A session's own adapter, as a user may have configured it: records what it sent, and closing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[str] = []
+        self.closed = False
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        self.sent.append(request.url or "")
+        return super().send(request, **kwargs)
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+def test_mount_balances_the_service_with_credentials_a_port_or_capitals(
+    backends: StartBackends, make_lb: MakeBalancer
+) -> None:
+    (server,) = backends(1)
+    lb = make_lb([server])
+    urls = [
+        f"http://{lb.service}/a",
+        f"http://user:secret@{lb.service}/b",
+        f"http://{lb.service}:8080/c",
+        f"http://{lb.service.upper()}/d",
+    ]
+    # The pitfall mount() removes: a prefix mounted by hand does not match a URL with credentials, so
+    # requests would send them to whatever DNS says the service name is.
+    with requests.Session() as by_hand:
+        by_hand.mount(f"http://{lb.service}/", LoadBalancedAdapter(lb))
+        assert not isinstance(by_hand.get_adapter(urls[1]), LoadBalancedAdapter)
+    with requests.Session() as s:
+        s.trust_env = False
+        adapter = zklb.requests.mount(s, lb)
+        assert all(s.get_adapter(url) is adapter for url in urls)
+        answers = [s.get(url, timeout=TIMEOUT).json() for url in urls]
+    assert [a["backend"] for a in answers] == [server.name] * 4
+    assert [h.path for h in server.hits] == ["/a", "/b", "/c", "/d"]
+    assert answers[1]["headers"]["Authorization"] == "Basic " + base64.b64encode(b"user:secret").decode()
+    assert "Authorization" not in answers[0]["headers"]
+
+
+def test_mount_sends_other_hosts_through_the_sessions_own_adapters(
+    backends: StartBackends, make_lb: MakeBalancer
+) -> None:
+    registered, outside = backends(2)
+    lb = make_lb([registered])
+    own_http, own_https, special = Recording(), Recording(), Recording()
+    with requests.Session() as s:
+        s.trust_env = False
+        s.mount("http://", own_http)
+        s.mount("https://", own_https)
+        adapter = zklb.requests.mount(s, lb)
+        s.mount(f"http://{lb.service}/special/", special)  # a longer prefix still wins, as in requests
+        assert s.get_adapter("https://example.org/") is adapter
+        assert s.get(f"{outside.url}/x", timeout=TIMEOUT).json()["backend"] == outside.name
+        assert s.get(f"http://{lb.service}/y", timeout=TIMEOUT).json()["backend"] == registered.name
+        redirected = s.get(
+            f"http://{lb.service}/redirect/absolute", params={"to": f"{outside.url}/z"}, timeout=TIMEOUT
+        )
+        assert redirected.json()["backend"] == outside.name
+        assert s.get_adapter(f"http://{lb.service}/special/1") is special
+    assert own_http.sent == [f"{outside.url}/x", f"{outside.url}/z"]  # exactly as before mount()
+    assert (registered.count, outside.count) == (2, 2)
+    assert own_http.closed and own_https.closed  # closing the session closed the adapters mount() took over
+
+
+def test_mount_several_services(backends: StartBackends, make_lb: MakeBalancer) -> None:
+    users_servers = backends(2)
+    (orders_server,) = backends(1)
+    users = make_lb(users_servers)
+    orders = LoadBalancer.static([orders_server.url], service="orders")  # a second service, no registry
+    with requests.Session() as s:
+        s.trust_env = False
+        zklb.requests.mount(s, users, orders)
+        for _ in range(4):
+            assert s.get(f"http://{users.service}/", timeout=TIMEOUT).status_code == 200
+        for _ in range(2):
+            assert s.get("http://orders/", timeout=TIMEOUT).json()["backend"] == orders_server.name
+    assert (users_servers.counts(), orders_server.count) == ([2, 2], 2)
+    with pytest.raises(ValueError, match="two balancers"):
+        zklb.requests.mount(requests.Session(), users, LoadBalancer.static([], service=users.service))
+    with pytest.raises(ValueError, match="at least one"):
+        zklb.requests.mount(requests.Session())
+    with pytest.raises(TypeError, match="each balancer's service"):
+        zklb.requests.mount(requests.Session(), users, hosts=["other"])
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+
+def test_an_empty_pool_is_a_connection_error_with_the_request(
+    backends: StartBackends, make_lb: MakeBalancer
+) -> None:
+    (server,) = backends(1)
+    lb = make_lb([server])
+    assert lb.remove_server(server.url)
+    url = f"http://{lb.service}/users/1"
+    # requests.ConnectionError: what code written for plain requests handles
+    with session(lb) as s, pytest.raises(requests.ConnectionError) as raised:
+        s.get(url, timeout=TIMEOUT)
+    error = raised.value
+    assert isinstance(error, NoServerAvailable) and isinstance(error, NoServerAvailableError)
+    assert isinstance(error, requests.RequestException)
+    assert error.request is not None and error.request.url == url
+    assert (error.service, error.response) == (lb.service, None)
+    assert server.count == 0
 
 
 # -- packaging ---------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ sleeps are injected and recorded, so no test waits.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import threading
 from collections.abc import Mapping
@@ -14,11 +15,10 @@ from collections.abc import Mapping
 import pytest
 from tenacity import RetryCallState, Retrying, stop_after_delay
 
+from zklb._attempts import Attempts, ClientHooks
 from zklb.balancer import Lease, LoadBalancer
 from zklb.errors import NoServerAvailable
 from zklb.retry import (
-    Attempts,
-    ClientHooks,
     ExponentialBackoff,
     RetryBudget,
     RetryPolicy,
@@ -197,9 +197,14 @@ class Fake:
         return self.send(lease)
 
     def run(
-        self, policy: RetryPolicy | None, method: str = "GET", *, replayable: bool = True
+        self,
+        policy: RetryPolicy | None,
+        method: str = "GET",
+        *,
+        replayable: bool = True,
+        hooks: ClientHooks[FakeResponse] = HOOKS,
     ) -> FakeResponse:
-        return Attempts(self.lb, policy, HOOKS, method=method, replayable=replayable).run(self.send)
+        return Attempts(self.lb, policy, hooks, method=method, replayable=replayable).run(self.send)
 
     def arun(self, policy: RetryPolicy | None, method: str = "GET") -> FakeResponse:
         attempts = Attempts(self.lb, policy, HOOKS, method=method, replayable=True)
@@ -372,3 +377,110 @@ def test_concurrent_requests_keep_their_own_tenacity_state() -> None:
         t.join(10)
     assert len(errors) == 2
     assert len(fake.sent) == 4  # two attempts each, not one shared count
+
+
+# -- deadline: a fake clock that only the attempts and waits move --------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def deadline_run(
+    fake: Fake, clock: Clock, *, takes: float, method: str = "GET", **policy: object
+) -> tuple[list[float | None], FakeResponse | BaseException]:
+    """Run one request whose every attempt takes ``takes`` s or its cut timeout, whichever is shorter;
+    returns the time each attempt was given and the outcome."""
+    given: list[float | None] = []
+    attempts = Attempts(
+        fake.lb,
+        fake.policy(clock=clock, sleep=clock.sleep, **policy),
+        HOOKS,
+        method=method,
+        replayable=True,
+    )
+
+    def send(lease: Lease) -> FakeResponse:
+        left = attempts.time_left()
+        given.append(left)
+        clock.now += takes if left is None else min(takes, left)
+        return fake.send(lease)
+
+    try:
+        return given, attempts.run(send)
+    except Refused as exc:
+        return given, exc
+
+
+def test_deadline_cuts_the_last_attempt_and_starts_none_after_it() -> None:
+    fake, clock = Fake(dict.fromkeys(URLS, "refuse")), Clock()
+    given, outcome = deadline_run(fake, clock, takes=0.5, deadline=0.8)
+    assert given == pytest.approx([0.8, 0.29])  # 0.5 s, a 10 ms wait, then only what is left
+    assert isinstance(outcome, Refused) and str(outcome) == fake.sent[-1]  # the last error, as is
+    assert clock.now == pytest.approx(0.8)
+    assert len(fake.sent) == 2
+
+    fake, clock = Fake(dict.fromkeys(URLS, "refuse")), Clock()
+    given, _ = deadline_run(fake, clock, takes=0.5)  # no deadline: the timeout is the caller's alone
+    assert given == [None, None, None]
+    assert clock.now == pytest.approx(1.53)
+
+
+def test_no_wait_that_would_end_after_the_deadline() -> None:
+    fake, clock = Fake(dict.fromkeys(URLS, 503)), Clock()
+    _, outcome = deadline_run(fake, clock, takes=0.1, deadline=0.3, wait=ExponentialBackoff(0.5, jitter=0))
+    assert isinstance(outcome, FakeResponse) and outcome.status == 503 and not outcome.closed
+    assert (clock.sleeps, len(fake.sent)) == ([], 1)  # returned at once, not after a useless wait
+    outcome.close()
+
+
+def test_a_wait_that_ran_late_starts_no_attempt() -> None:
+    fake, clock = Fake(dict.fromkeys(URLS, 503)), Clock()
+
+    def late_sleep(seconds: float) -> None:
+        clock.now += 4 * seconds  # an overloaded machine: the wait ends past the deadline
+
+    policy = fake.policy(clock=clock, sleep=late_sleep, deadline=0.3, wait=ExponentialBackoff(0.1, jitter=0))
+    response = Attempts(fake.lb, policy, HOOKS, method="GET", replayable=True).run(fake.send)
+    assert (response.status, response.closed, len(fake.sent)) == (503, False, 1)
+    assert policy.budget.denied == 0  # the deadline said no, not the budget
+    response.close()
+
+
+def test_deadline_applies_to_a_request_that_is_not_retried() -> None:
+    fake, clock = Fake(dict.fromkeys(URLS, "refuse")), Clock()
+    given, outcome = deadline_run(fake, clock, takes=5.0, method="POST", deadline=0.8)
+    assert (given, len(fake.sent)) == ([0.8], 1)
+    assert isinstance(outcome, Refused)
+
+
+@pytest.mark.parametrize("deadline", [0, -1, float("nan")])
+def test_deadline_must_be_positive(deadline: float) -> None:
+    with pytest.raises(ValueError, match="deadline"):
+        RetryPolicy(deadline=deadline)
+
+
+def test_a_retry_after_a_refused_connection_is_not_held_to_the_budget() -> None:
+    # A refused connection reached no server: retrying it adds load nowhere, so an empty budget does not
+    # stop it (the budget exists to keep retries from multiplying the load on servers).
+    fake = Fake({URLS[0]: "refuse", URLS[1]: 200, URLS[2]: 200})
+    budget = RetryBudget(ratio=0, min_retries=0)
+    hooks = dataclasses.replace(HOOKS, unsent=lambda error: isinstance(error, Refused))
+    response = fake.run(fake.policy(budget=budget), hooks=hooks)
+    assert response.status == 200
+    assert budget.denied == 0
+    response.close()
+    # The same refusal without that knowledge is held to the empty budget: no retry.
+    fake = Fake({URLS[0]: "refuse", URLS[1]: 200, URLS[2]: 200})
+    with pytest.raises(Refused):
+        fake.run(fake.policy(budget=budget))
+    assert budget.denied == 1
