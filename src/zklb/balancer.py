@@ -24,6 +24,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from time import perf_counter
 from types import MappingProxyType, TracebackType
@@ -123,6 +124,8 @@ class LoadBalancer:
         self._acquire_pick: Callable[[], ServiceInstance] | None = None
         self._in_flight: dict[str, int] = {}
         self._stats: dict[str, StatsRecorder] = {}
+        # Releases that could not take the lock (see _release), applied by the next one to hold it.
+        self._deferred: deque[tuple[ServiceInstance, bool, float | None, bool, bool]] = deque()
         self._health = None if health is None else OutlierDetector(health, clock)
         # The detector's probation set, or an empty one: one truth test per success on the hot path.
         self._probation: set[str] = set() if self._health is None else self._health.probation
@@ -310,7 +313,7 @@ class LoadBalancer:
         Use as ``with lb.acquire() as server:``. ``exclude`` (instances or ids) skips servers already
         tried, as retries do; `NoServerAvailable` if nothing is left. No I/O; one short lock.
         """
-        if exclude or not self._fast:
+        if exclude or not self._fast or self._deferred:
             return self._acquire_slow(exclude)
         lock = self._lock
         # acquire()/release() rather than ``with``: half the cost, and this runs on every request.
@@ -338,7 +341,10 @@ class LoadBalancer:
             self._ensure_started()
         self._expire_due()
         ids = {s.id if isinstance(s, ServiceInstance) else s for s in exclude}
+        notice = None
         with self._lock:
+            if self._deferred:
+                notice = self._drain_locked()
             picker = self._picker
             if picker is None:
                 raise NoServerAvailable(self.service, self.root)
@@ -354,6 +360,8 @@ class LoadBalancer:
             self._in_flight[key] = self._in_flight.get(key, 0) + 1
             if picker.tracks_load:
                 picker.acquired(server)
+        if notice:
+            log.warning("%s", notice)
         return Lease(self, server, perf_counter())
 
     def has_server(self, exclude: Collection[str | ServiceInstance] = ()) -> bool:
@@ -397,12 +405,15 @@ class LoadBalancer:
         self._expire_due()
         health = self._health
         with self._lock:
+            notice = self._drain_locked() if self._deferred else None
             result = {}
             for key in self._membership.by_id:
                 until = None if health is None else health.ejected.get(key)
                 times = 0 if health is None else health.times_ejected(key)
                 recorder = self._stats.get(key, _EMPTY_STATS)
                 result[key] = recorder.snapshot(self._in_flight.get(key, 0), until, times)
+        if notice:
+            log.warning("%s", notice)
         return MappingProxyType(result)
 
     def pool_stats(self) -> PoolStats:
@@ -588,6 +599,7 @@ class LoadBalancer:
         with self._lock:
             if self._is_closed():  # re-read: close() may have run while the picker was built
                 return
+            drained = self._drain_locked() if self._deferred else None
             if picker is not None:
                 picker.seed({k: n for k, n in self._in_flight.items() if k in membership.by_id})
             # Forget stats of instances that left; counts of in-flight leases stay until released.
@@ -601,8 +613,9 @@ class LoadBalancer:
             # Optional on pickers: pick + acquired() fused, for those that track load.
             self._acquire_pick = getattr(picker, "acquire_pick", None) if picker is not None else None
             notice = self._refresh_locked()
-        if notice:
-            log.warning("%s", notice)
+        for text in (drained, notice):
+            if text:
+                log.warning("%s", text)
         with self._installed:
             self._installed.notify_all()
 
@@ -653,55 +666,84 @@ class LoadBalancer:
         counted: bool = True,
         record: bool = True,
     ) -> None:
-        """End one in-flight request (``counted``) and/or record its outcome (``record``)."""
-        key = server.id
-        notice = None
+        """End one in-flight request (``counted``) and/or record its outcome (``record``).
+
+        Never waits for the lock: a lease may be released from a finaliser, which can run in the middle
+        of a locked section of this very thread (any allocation may start a GC pass). When the lock is
+        held, the release is queued (a deque append is atomic) and applied by whoever takes it next:
+        every ``acquire()`` and ``stats()`` applies the queue before it reads a count.
+        """
         lock = self._lock
-        lock.acquire()
+        if not lock.acquire(False):
+            self._deferred.append((server, success, latency, counted, record))
+            return
         try:
-            if counted:
-                counts = self._in_flight
-                count = counts.get(key, 0)
-                if count > 1:
-                    counts[key] = count - 1
-                elif count == 1:
-                    del counts[key]
-                else:
-                    return  # never counted (cannot happen through Lease); never drive a count negative
-            picker = self._picker
-            if not record:
-                if picker is not None and picker.tracks_load:
-                    picker.released(server, success, 0.0)
-                return
-            stats = self._stats.get(key)
-            if stats is None:
-                if key not in self._membership.by_id:
-                    return  # the instance left the pool while the request ran
-                stats = self._stats[key] = StatsRecorder()
-            # The statistics update, written out here: a call frame is a tenth of this path's cost.
-            stats.requests += 1
-            if success:
-                stats.consecutive_failures = 0
-                if self._probation and key in self._probation:
-                    self._probation.discard(key)  # a success ends the probation
-            else:
-                stats.failures += 1
-                stats.consecutive_failures += 1
-                health = self._health
-                if health is not None:
-                    active = len(self._membership) - len(self._draining)
-                    if health.on_failure(key, stats.consecutive_failures, active):
-                        notice = self._ejected_locked(key, stats.consecutive_failures)
-            if latency is not None:
-                stats.last_latency = latency
-                ewma = stats.latency_ewma
-                stats.latency_ewma = latency if ewma is None else ewma + EWMA_ALPHA * (latency - ewma)
-            if counted and picker is not None and picker.tracks_load:
-                picker.released(server, success, latency or 0.0)
+            notice = self._release_locked(server, success, latency, counted, record)
+            if self._deferred:
+                notice = self._drain_locked(notice)
         finally:
             lock.release()
         if notice:
             log.warning("%s", notice)
+
+    def _drain_locked(self, notice: str | None = None) -> str | None:
+        """Apply the releases queued while the lock was held; returns the notices to log."""
+        deferred = self._deferred
+        while deferred:
+            try:
+                item = deferred.popleft()
+            except IndexError:  # another holder emptied it first (cannot happen under the lock; be safe)
+                break
+            more = self._release_locked(*item)
+            if more:
+                notice = more if notice is None else f"{notice}\n{more}"
+        return notice
+
+    def _release_locked(
+        self, server: ServiceInstance, success: bool, latency: float | None, counted: bool, record: bool
+    ) -> str | None:
+        key = server.id
+        if counted:
+            counts = self._in_flight
+            count = counts.get(key, 0)
+            if count > 1:
+                counts[key] = count - 1
+            elif count == 1:
+                del counts[key]
+            else:
+                return None  # never counted (cannot happen through Lease); never drive a count negative
+        picker = self._picker
+        if not record:
+            if picker is not None and picker.tracks_load:
+                picker.released(server, success, 0.0)
+            return None
+        stats = self._stats.get(key)
+        if stats is None:
+            if key not in self._membership.by_id:
+                return None  # the instance left the pool while the request ran
+            stats = self._stats[key] = StatsRecorder()
+        notice = None
+        # The statistics update, written out here: a call frame is a tenth of this path's cost.
+        stats.requests += 1
+        if success:
+            stats.consecutive_failures = 0
+            if self._probation and key in self._probation:
+                self._probation.discard(key)  # a success ends the probation
+        else:
+            stats.failures += 1
+            stats.consecutive_failures += 1
+            health = self._health
+            if health is not None:
+                active = len(self._membership) - len(self._draining)
+                if health.on_failure(key, stats.consecutive_failures, active):
+                    notice = self._ejected_locked(key, stats.consecutive_failures)
+        if latency is not None:
+            stats.last_latency = latency
+            ewma = stats.latency_ewma
+            stats.latency_ewma = latency if ewma is None else ewma + EWMA_ALPHA * (latency - ewma)
+        if counted and picker is not None and picker.tracks_load:
+            picker.released(server, success, latency or 0.0)
+        return notice
 
     def _ejected_locked(self, key: str, failures: int) -> str:
         assert self._health is not None
