@@ -1,0 +1,491 @@
+"""`Pool`: one service's instances in memory, a strategy, passive health, and the hot path.
+
+The part of a `LoadBalancer` that does no I/O and knows nothing of ZooKeeper: the balancer feeds it
+membership snapshots (``_install``) and its callers' outcomes (through leases). ``LoadBalancer.static``
+is a pool and nothing more.
+
+Rules of this module:
+
+- The hot path (``get_server()``) reads one reference, the current pick function, and calls it: no
+  lock, no I/O. ``acquire()`` adds a short lock around the in-flight count; nothing slow ever holds it.
+- A membership change or a strategy change builds the new picker off to the side (under ``_update_lock``,
+  which the hot path never takes), then swaps it in under the short lock together with the in-flight
+  counts, so counts of instances that stay survive the change and never go negative.
+- Ejected and draining instances are *skipped*, not removed: the picker is not rebuilt when one is
+  ejected. While nothing is ejected or skipped the pick function is the picker's own ``pick`` (no
+  cost); otherwise a wrapper that re-picks past skipped ones and brings ejected ones back on time.
+- A release never waits for the lock (it may run from a finaliser inside a locked section of its own
+  thread): one that finds it held is queued and applied by the next holder, before any count is read.
+- Snapshots older than the one installed are ignored, so a late listener call cannot roll back; once
+  closed, nothing installs anything again.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Mapping
+from time import perf_counter
+from types import MappingProxyType
+
+from zklb.errors import ClosedError, NoServerAvailable
+from zklb.health import Connection, HealthPolicy, OutlierDetector, PoolStats
+from zklb.instance import ServiceInstance
+from zklb.lease import Lease, current_lease
+from zklb.membership import Membership
+from zklb.stats import EWMA_ALPHA, InstanceStats, StatsRecorder
+from zklb.strategies import Picker, Strategy, create_strategy
+
+__all__ = ["DEFAULT_HEALTH", "Pool", "State"]
+
+log = logging.getLogger("zklb.balancer")
+
+#: Picks tried before a skip-aware scan, while some instances are ejected or draining.
+_REPICKS = 4
+#: The passive health a balancer has unless told otherwise.
+DEFAULT_HEALTH = HealthPolicy()
+
+
+class State(enum.Enum):
+    """Where a pool (or balancer) is in its life: new, started (picking), closed (for good)."""
+
+    NEW = "new"
+    STARTED = "started"
+    CLOSED = "closed"
+
+
+class Pool:
+    """Picking over one service's instances with a strategy, passive health and in-flight accounting.
+
+    Pure: no I/O, no threads. `LoadBalancer` subclasses it to feed it from ZooKeeper.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        root: str,
+        strategy: str | Strategy,
+        health: HealthPolicy | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.service = service
+        self.root = root
+        self._strategy = create_strategy(strategy)
+        if health is not None and not isinstance(health, HealthPolicy):
+            raise TypeError(f"health must be a HealthPolicy or None, got {type(health).__name__}")
+        self._state = State.NEW
+        # Serialises rebuilds (membership or strategy changes); the hot path never takes it.
+        self._update_lock = threading.Lock()
+        # Guards in-flight counts, stats, health and the swap; held for a few hundred nanoseconds at most.
+        self._lock = threading.Lock()
+        self._membership = Membership(service=self.service, version=0)
+        # Notified after each swap, for wait_for(); never taken on the hot path.
+        self._installed = threading.Condition(threading.Lock())
+        self._picker: Picker | None = None
+        self._acquire_pick: Callable[[], ServiceInstance] | None = None
+        self._in_flight: dict[str, int] = {}
+        self._stats: dict[str, StatsRecorder] = {}
+        # Releases that could not take the lock (see _release), applied by the next one to hold it.
+        self._deferred: deque[tuple[ServiceInstance, bool, float | None, bool, bool]] = deque()
+        self._health = None if health is None else OutlierDetector(health, clock)
+        # The detector's probation set, or an empty one: one truth test per success on the hot path.
+        self._probation: set[str] = set() if self._health is None else self._health.probation
+        self._draining: frozenset[str] = frozenset()
+        self._skipped: frozenset[str] = frozenset()  # ejected (unless in panic) or draining
+        self._panic = False
+        # True while acquire() may take its fast path: started and nothing skipped.
+        self._fast = False
+        self._pick: Callable[[], ServiceInstance] = self._empty
+
+    # -- the hot path ----------------------------------------------------------------------------
+
+    def get_server(self) -> ServiceInstance:
+        """The next server by the current strategy, skipping ejected and draining ones.
+
+        Lock-free and without I/O: one reference read and the strategy's pick (O(1) for the built-ins).
+        Raises `NoServerAvailable` when the pool is empty, `ClosedError` once closed.
+        """
+        return self._pick()
+
+    def acquire(self, exclude: Collection[str | ServiceInstance] = ()) -> Lease:
+        """Pick a server and count a request on it until the returned `Lease` is released.
+
+        Use as ``with lb.acquire() as server:``. ``exclude`` (instances or ids) skips servers already
+        tried, as retries do; `NoServerAvailable` if nothing is left. No I/O; one short lock.
+        """
+        if exclude or not self._fast or self._deferred:
+            return self._acquire_slow(exclude)
+        lock = self._lock
+        # acquire()/release() rather than ``with``: half the cost, and this runs on every request.
+        lock.acquire()
+        try:
+            fused = self._acquire_pick
+            if fused is not None:
+                server = fused()  # pick and count in one call (least-connections)
+            else:
+                picker = self._picker
+                if picker is None:
+                    raise NoServerAvailable(self.service, self.root)
+                server = picker.pick()
+                if picker.tracks_load:
+                    picker.acquired(server)
+            key = server.id
+            counts = self._in_flight
+            counts[key] = counts.get(key, 0) + 1
+        finally:
+            lock.release()
+        return Lease(self, server, perf_counter())
+
+    def _acquire_slow(self, exclude: Collection[str | ServiceInstance]) -> Lease:
+        if self._state is not State.STARTED:
+            self._ensure_started()
+        self._expire_due()
+        ids = {s.id if isinstance(s, ServiceInstance) else s for s in exclude}
+        notice = None
+        with self._lock:
+            if self._deferred:
+                notice = self._drain_locked()
+            picker = self._picker
+            if picker is None:
+                raise NoServerAvailable(self.service, self.root)
+            skipped = self._skipped
+            server = _choose(picker, skipped | ids if ids else skipped)
+            if server is None and skipped:
+                # Every instance not tried is ejected or draining: better one of them than no retry.
+                server = _choose(picker, ids)
+            if server is None:
+                reason = f"all {len(self._membership)} instances excluded"
+                raise NoServerAvailable(self.service, self.root, reason)
+            key = server.id
+            self._in_flight[key] = self._in_flight.get(key, 0) + 1
+            if picker.tracks_load:
+                picker.acquired(server)
+        if notice:
+            log.warning("%s", notice)
+        return Lease(self, server, perf_counter())
+
+    def has_server(self, exclude: Collection[str | ServiceInstance] = ()) -> bool:
+        """Whether ``acquire(exclude=exclude)`` would find a server now (no I/O, never starts anything).
+
+        Ejected and draining instances count: a pick falls back to them rather than to nothing.
+        """
+        members = self._membership.by_id
+        if self._picker is None or not members or self._is_closed():
+            return False
+        ids = {s.id if isinstance(s, ServiceInstance) else s for s in exclude}
+        return any(key not in ids for key in members) if ids else True
+
+    def report(self, server: ServiceInstance, *, success: bool, latency: float | None = None) -> None:
+        """Record an outcome for ``server`` (it feeds passive health like a lease's outcome does).
+
+        Inside ``with lb.acquire() as server:`` this sets that lease's outcome (recorded on exit, once);
+        elsewhere (e.g. for a server from ``get_server()``) it is recorded now.
+        """
+        lease = current_lease.get()
+        if lease is not None and lease._balancer is self and lease.server.id == server.id:
+            lease.report(success)
+            return
+        self._release(server, success, latency, counted=False)
+
+    # -- membership and state --------------------------------------------------------------------
+
+    @property
+    def membership(self) -> Membership:
+        """The snapshot the balancer is picking from."""
+        return self._membership
+
+    def stats(self) -> Mapping[str, InstanceStats]:
+        """Request statistics and health per instance id, for the instances in the pool."""
+        self._expire_due()
+        health = self._health
+        with self._lock:
+            notice = self._drain_locked() if self._deferred else None
+            result = {}
+            for key in self._membership.by_id:
+                until = None if health is None else health.ejected.get(key)
+                times = 0 if health is None else health.times_ejected(key)
+                recorder = self._stats.get(key, _EMPTY_STATS)
+                result[key] = recorder.snapshot(self._in_flight.get(key, 0), until, times)
+        if notice:
+            log.warning("%s", notice)
+        return MappingProxyType(result)
+
+    def pool_stats(self) -> PoolStats:
+        """Size, health and connection of the pool now (a frozen `PoolStats`)."""
+        self._expire_due()
+        with self._lock:
+            members = self._membership
+            ejected = 0 if self._health is None else len(self._health.ejected)
+            draining = len(self._draining)
+            healthy = sum(1 for key in members.by_id if key not in self._draining) - (
+                0 if self._health is None else len(self._health.ejected.keys() - self._draining)
+            )
+            panic = self._panic
+        return PoolStats(
+            size=len(members),
+            healthy=healthy,
+            ejected=ejected,
+            draining=draining,
+            panic=panic,
+            version=members.version,
+            connection=self._connection(),
+        )
+
+    def wait_for(self, predicate: Callable[[Membership], bool], timeout: float) -> bool:
+        """Block until the pool the balancer picks from satisfies ``predicate``; False after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        with self._installed:
+            while not predicate(self._membership):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._installed.wait(remaining)
+            return True
+
+    @property
+    def strategy(self) -> Strategy:
+        """The strategy in use."""
+        return self._strategy
+
+    def set_strategy(self, strategy: str | Strategy) -> None:
+        """Switch strategy (a name such as ``"weighted_round_robin"`` or a `Strategy`); takes effect at once.
+
+        Unknown names raise `UnknownStrategy` listing the valid ones. In-flight counts are kept.
+        """
+        new = create_strategy(strategy)
+        with self._update_lock:
+            self._strategy = new
+            self._install_locked(self._membership, force=True)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        """Called by picks before the pool is started; a `LoadBalancer` starts itself here."""
+        if self._is_closed():
+            raise ClosedError(f"load balancer for {self.service!r} is closed")
+
+    def _connection(self) -> Connection:
+        return "static"
+
+    def _is_closed(self) -> bool:
+        return self._state is State.CLOSED
+
+    def _empty(self) -> ServiceInstance:
+        raise NoServerAvailable(self.service, self.root)
+
+    def _closed(self) -> ServiceInstance:
+        raise ClosedError(f"load balancer for {self.service!r} is closed")
+
+    def _pick_skipping(self) -> ServiceInstance:
+        """The pick function while some instances are ejected or draining: re-pick past them."""
+        health = self._health
+        if health is not None and health.next_return <= health.now():
+            self._expire_due()
+        picker = self._picker
+        if picker is None:
+            return self._pick()
+        server = _choose(picker, self._skipped)
+        return server if server is not None else picker.pick()
+
+    def _expire_due(self) -> None:
+        """Bring back instances whose ejection time is over (on probation)."""
+        health = self._health
+        if health is None or health.next_return > health.now():
+            return
+        with self._lock:
+            back = health.expire()
+            notice = self._refresh_locked() if back else None
+        for key in back:
+            log.info("%s: instance %s back from ejection, on probation", self.service, key)
+        if notice:
+            log.warning("%s", notice)
+
+    def _install(self, membership: Membership) -> None:
+        with self._update_lock:
+            self._install_locked(membership, force=False)
+
+    def _install_locked(self, membership: Membership, *, force: bool) -> None:
+        if self._state is State.CLOSED:
+            return  # nothing revives a closed balancer, a late listener call included
+        if not force and membership.version <= self._membership.version and self._picker is not None:
+            return  # an older or the same snapshot: never roll back
+        picker = self._strategy.build(membership) if membership.instances else None
+        draining = frozenset(inst.id for inst in membership.instances if inst.draining)
+        with self._lock:
+            if self._is_closed():  # re-read: close() may have run while the picker was built
+                return
+            drained = self._drain_locked() if self._deferred else None
+            if picker is not None:
+                picker.seed({k: n for k, n in self._in_flight.items() if k in membership.by_id})
+            # Forget stats of instances that left; counts of in-flight leases stay until released.
+            for key in [k for k in self._stats if k not in membership.by_id]:
+                del self._stats[key]
+            if self._health is not None:
+                self._health.retain(membership.by_id)
+            self._membership = membership
+            self._picker = picker
+            self._draining = draining
+            # Optional on pickers: pick + acquired() fused, for those that track load.
+            self._acquire_pick = getattr(picker, "acquire_pick", None) if picker is not None else None
+            notice = self._refresh_locked()
+        for text in (drained, notice):
+            if text:
+                log.warning("%s", text)
+        with self._installed:
+            self._installed.notify_all()
+
+    def _refresh_locked(self) -> str | None:
+        """Recompute what picks skip, panic, and the pick functions; a panic notice to log, if entered."""
+        picker = self._picker
+        started = self._state is State.STARTED
+        if self._state is State.CLOSED:
+            self._fast, self._pick = False, self._closed
+            return None
+        if picker is None:
+            self._skipped, self._panic, self._fast = frozenset(), False, started
+            if started:
+                self._pick = self._empty
+            return None
+        draining = self._draining
+        active = len(self._membership) - len(draining)
+        ejected = frozenset() if self._health is None else frozenset(self._health.ejected) - draining
+        panic = False
+        if active == 0:
+            skipped: frozenset[str] = frozenset()  # everything draining: better them than nothing
+        else:
+            health = self._health
+            panic = health is not None and health.policy.panics(active, active - len(ejected))
+            skipped = draining if panic else draining | ejected
+        notice = None
+        if panic and not self._panic:
+            notice = (
+                f"{self.service}: panic: only {active - len(ejected)} of {active} instances healthy; "
+                "picking from the whole pool, ejected ones included"
+            )
+        self._skipped, self._panic = skipped, panic
+        if not started:
+            self._fast = False
+        elif skipped or ejected:
+            # While anything is ejected (in panic too), picks go through the wrapper that notices when an
+            # ejection ends, so that panic ends, and probation starts, on the request path itself.
+            self._fast, self._pick = False, self._pick_skipping
+        else:
+            self._fast, self._pick = True, picker.pick
+        return notice
+
+    # -- outcomes --------------------------------------------------------------------------------
+
+    def _release(
+        self,
+        server: ServiceInstance,
+        success: bool,
+        latency: float | None,
+        counted: bool = True,
+        record: bool = True,
+    ) -> None:
+        """End one in-flight request (``counted``) and/or record its outcome (``record``).
+
+        Never waits for the lock: a lease may be released from a finaliser, which can run in the middle
+        of a locked section of this very thread (any allocation may start a GC pass). When the lock is
+        held, the release is queued (a deque append is atomic) and applied by whoever takes it next:
+        every ``acquire()`` and ``stats()`` applies the queue before it reads a count.
+        """
+        lock = self._lock
+        if not lock.acquire(False):
+            self._deferred.append((server, success, latency, counted, record))
+            return
+        try:
+            notice = self._release_locked(server, success, latency, counted, record)
+            if self._deferred:
+                notice = self._drain_locked(notice)
+        finally:
+            lock.release()
+        if notice:
+            log.warning("%s", notice)
+
+    def _drain_locked(self, notice: str | None = None) -> str | None:
+        """Apply the releases queued while the lock was held; returns the notices to log."""
+        deferred = self._deferred
+        while deferred:
+            try:
+                item = deferred.popleft()
+            except IndexError:  # another holder emptied it first (cannot happen under the lock; be safe)
+                break
+            more = self._release_locked(*item)
+            if more:
+                notice = more if notice is None else f"{notice}\n{more}"
+        return notice
+
+    def _release_locked(
+        self, server: ServiceInstance, success: bool, latency: float | None, counted: bool, record: bool
+    ) -> str | None:
+        key = server.id
+        if counted:
+            counts = self._in_flight
+            count = counts.get(key, 0)
+            if count > 1:
+                counts[key] = count - 1
+            elif count == 1:
+                del counts[key]
+            else:
+                return None  # never counted (cannot happen through Lease); never drive a count negative
+        picker = self._picker
+        if not record:
+            if picker is not None and picker.tracks_load:
+                picker.released(server, success, 0.0)
+            return None
+        stats = self._stats.get(key)
+        if stats is None:
+            if key not in self._membership.by_id:
+                return None  # the instance left the pool while the request ran
+            stats = self._stats[key] = StatsRecorder()
+        notice = None
+        # The statistics update, written out here: a call frame is a tenth of this path's cost.
+        stats.requests += 1
+        if success:
+            stats.consecutive_failures = 0
+            if self._probation and key in self._probation:
+                self._probation.discard(key)  # a success ends the probation
+        else:
+            stats.failures += 1
+            stats.consecutive_failures += 1
+            health = self._health
+            if health is not None:
+                active = len(self._membership) - len(self._draining)
+                if health.on_failure(key, stats.consecutive_failures, active):
+                    notice = self._ejected_locked(key, stats.consecutive_failures)
+        if latency is not None:
+            stats.last_latency = latency
+            ewma = stats.latency_ewma
+            stats.latency_ewma = latency if ewma is None else ewma + EWMA_ALPHA * (latency - ewma)
+        if counted and picker is not None and picker.tracks_load:
+            picker.released(server, success, latency or 0.0)
+        return notice
+
+    def _ejected_locked(self, key: str, failures: int) -> str:
+        assert self._health is not None
+        panic = self._refresh_locked()
+        until = self._health.ejected[key] - self._health.now()
+        times = self._health.times_ejected(key)
+        notice = (
+            f"{self.service}: ejected instance {key} for {until:g} s after {failures} failures in a row "
+            f"(ejection {times})"
+        )
+        return notice if panic is None else f"{notice}; {panic}"
+
+
+_EMPTY_STATS = StatsRecorder()
+
+
+def _choose(picker: Picker, skipped: Collection[str]) -> ServiceInstance | None:
+    """A pick not in ``skipped``: a few ordinary picks first (cheap, fair), then the picker's scan."""
+    if not skipped:
+        return picker.pick()
+    for _ in range(_REPICKS):
+        server = picker.pick()
+        if server.id not in skipped:
+            return server
+    return picker.pick_excluding(skipped)
