@@ -15,6 +15,7 @@ from zklb import LoadBalancer
 from zklb.testing import wait_until
 
 MakeLb = Callable[..., LoadBalancer]
+DEFAULT_CONSECUTIVE_FAILURES = 5  # HealthPolicy's documented default
 
 
 @pytest.mark.parametrize("via", ["httpx", "requests"])
@@ -31,7 +32,6 @@ def test_killed_backend_under_load_loses_no_get_and_is_ejected(
         load.wait(60)
     stats = lb.stats()
     dead = stats[victim.instance_id]
-    pool = lb.pool_stats()
     with capsys.disabled():
         print(
             f"\n[{via}, killed backend] {total} GETs, {len(load.failures)} failed; served per backend "
@@ -39,14 +39,15 @@ def test_killed_backend_under_load_loses_no_get_and_is_ejected(
         )
     assert load.failures == [], load.failures[:5]
     assert load.done() == total
+    assert all(s.in_flight == 0 for s in stats.values())
+    # Ejected as soon as it failed enough: beyond the failures that eject it, only requests already on
+    # their way to it (at most one per worker) failed there, not a share of everything sent afterwards.
+    assert dead.failures <= DEFAULT_CONSECUTIVE_FAILURES + workers, dead
     assert dead.ejected
     assert dead.times_ejected == 1
     assert dead.ejected_until is not None and dead.ejected_until > time.monotonic()
-    # Ejected as soon as it failed enough: beyond the failures that eject it, only requests already on
-    # their way to it (at most one per worker) failed there, not a share of everything sent afterwards.
-    assert dead.failures <= zklb.HealthPolicy().consecutive_failures + workers, dead
+    pool = lb.pool_stats()
     assert (pool.size, pool.healthy, pool.ejected, pool.panic) == (3, 2, 1, False), pool
-    assert all(s.in_flight == 0 for s in stats.values())
 
 
 def test_ejected_backend_comes_back_after_its_ejection_time_once_restarted(

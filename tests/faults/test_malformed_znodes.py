@@ -45,7 +45,6 @@ def test_a_thousand_malformed_znodes_beside_ten_valid_ones(
     with LoadBalancer(zk_hosts, service) as lb:
         assert {s.id for s in lb.servers()} == {inst.id for inst in valid}
         assert {lb.get_server().id for _ in range(20)} == {inst.id for inst in valid}
-        assert lb.pool_stats().size == 10
 
         # The watcher is alive: a valid newcomer is served, a repaired znode too, a removal is seen.
         late = ServiceInstance.parse("http://10.0.2.1:80", id="late")
