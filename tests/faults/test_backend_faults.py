@@ -75,7 +75,9 @@ def test_ejected_backend_comes_back_after_its_ejection_time_once_restarted(
     assert load.failures == [], load.failures[:5]
 
 
-def test_flapping_backend_is_ejected_for_longer_each_time(backends: StartBackends, http_lb: MakeLb) -> None:
+def test_flapping_backend_is_ejected_for_longer_each_time(
+    backends: StartBackends, http_lb: MakeLb, capsys: pytest.CaptureFixture[str]
+) -> None:
     policy = zklb.HealthPolicy(consecutive_failures=5, base_ejection_time=0.5, max_ejection_time=1.2)
     servers = backends(3)
     lb = http_lb(servers, health=policy)
@@ -120,6 +122,9 @@ def test_flapping_backend_is_ejected_for_longer_each_time(backends: StartBackend
 
     # Each ejection lasted base x times ejected, capped: 0.5 s, 1.0 s, then 1.2 s instead of 1.5 s.
     expected = [0.5, 1.0, 1.2]
+    with capsys.disabled():
+        lasted = ", ".join(f"{until - seen:.2f}-{until - before:.2f} s" for before, seen, until in windows)
+        print(f"\n[flapping backend] ejections lasted {lasted}; expected {expected}")
     for number, ((before, seen_at, until), want) in enumerate(zip(windows, expected, strict=True), 1):
         shortest, longest = until - seen_at, until - before  # it began between the two polls
         assert shortest - 0.05 <= want <= longest + 0.05, (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from kazoo.client import KazooClient
 from tests.faults.conftest import PickLoad, children, decoded_urls, leader_first_client, owners
 
@@ -69,7 +70,11 @@ OUTAGE = 20.0  # seconds the whole ensemble stays down: longer than every defaul
 
 
 def test_whole_ensemble_stopped_under_load_then_changes_converge(
-    healthy_ensemble: ZooKeeperEnsemble, zk: KazooClient, zk_hosts: str, service: str
+    healthy_ensemble: ZooKeeperEnsemble,
+    zk: KazooClient,
+    zk_hosts: str,
+    service: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     ensemble = healthy_ensemble
     with Registry(zk_hosts) as registry:
@@ -107,11 +112,17 @@ def test_whole_ensemble_stopped_under_load_then_changes_converge(
                 assert lb.wait_for(lambda m: set(m.by_id) == after, 30), ids(lb)
                 converged_at = time.monotonic()
                 wait_until(lambda: load.count("recovery") >= 100, 10, "picks after the recovery")
+            took = converged_at - max(changed_at, reconnected_at)
+            with capsys.disabled():
+                print(
+                    f"\n[ensemble down {OUTAGE:g} s] {outage_picks} picks while down, {len(load.failures)} "
+                    f"failed; back after restart: balancer connected {reconnected_at - back_at:.2f} s, "
+                    f"change done {changed_at - back_at:.2f} s, converged {converged_at - back_at:.2f} s"
+                )
             assert load.failures == [], load.failures[:5]
             assert outage_picks > 1000, f"only {outage_picks} picks while ZooKeeper was down"
             assert load.picked["outage"] == before  # last known membership, all of it
             # Converged within 2 s of ZooKeeper holding the change and the balancer being connected.
-            took = converged_at - max(changed_at, reconnected_at)
             assert took <= 2.0, (
                 f"converged {took:.2f} s after the change (ensemble back {converged_at - back_at:.2f} s ago)"
             )

@@ -168,18 +168,25 @@ def test_an_async_start_never_blocks_the_event_loop(dead_hosts: str, service: st
         lb.close()
 
 
-def refuses_picks(lb: LoadBalancer) -> bool:
-    """Whether every way to pick from ``lb`` refuses with `ClosedError` (``has_server()``: False)."""
-    for pick in (lb.get_server, lb.acquire):
+def answering(lb: LoadBalancer) -> list[str]:
+    """The ways to pick from ``lb`` that do not refuse: picks without `ClosedError`, ``has_server()``
+    saying yes. A closed balancer has none."""
+    found = []
+    for name, pick in (("get_server()", lb.get_server), ("acquire()", lb.acquire)):
         try:
-            pick()
+            found.append(f"{name} -> {pick()!r}")
         except ClosedError:
-            continue
-        return False
+            pass
     try:
-        return not lb.has_server()
+        if lb.has_server():
+            found.append("has_server() -> True")
     except ClosedError:
-        return True
+        pass
+    return found
+
+
+def refuses(lb: LoadBalancer) -> bool:
+    return not answering(lb)
 
 
 def test_nothing_revives_a_closed_balancer(zk: KazooClient, zk_hosts: str, service: str) -> None:
@@ -199,7 +206,8 @@ def test_nothing_revives_a_closed_balancer(zk: KazooClient, zk_hosts: str, servi
                 lb.start()
             registry.register(service, f"http://127.0.0.1:{200 + round_}")  # a change it no longer follows
 
-            stays(functools.partial(refuses_picks, lb), 0.5, f"the closed balancer (round {round_})")
+            assert answering(lb) == [], f"round {round_}"
+            stays(functools.partial(refuses, lb), 0.5, f"the closed balancer refusing picks (round {round_})")
 
 
 SERVICES = 50
