@@ -177,6 +177,8 @@ def answering(lb: LoadBalancer) -> list[str]:
             found.append(f"{name} -> {pick()!r}")
         except ClosedError:
             pass
+    if found:
+        return found
     try:
         if lb.has_server():
             found.append("has_server() -> True")
