@@ -18,7 +18,8 @@ it (``Proxy.seen``); it answers 502 for a host it cannot reach.
 refused) and open connections are shut down; it returns once every server thread has ended.
 
 Test modules import the names below for annotations only (``if TYPE_CHECKING:``), as
-``tests.transports.conftest``; at run time they reach everything through the fixtures.
+``tests.transports.conftest``; at run time they reach everything through the fixtures. The fault suite
+(``tests/faults/conftest.py``) imports `Backend` and the ``backends`` fixture from here at run time.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Hit:
 
 
 class _TrackedServer(ThreadingHTTPServer):
-    """A threaded HTTP server on 127.0.0.1 (a free port) that can cut its open connections."""
+    """A threaded HTTP server on 127.0.0.1 (a free port, or ``port``) that can cut its open connections."""
 
     # Handler threads are joined by server_close(), so a test leaves no thread behind.
     daemon_threads = False
@@ -59,10 +60,10 @@ class _TrackedServer(ThreadingHTTPServer):
     # Many concurrent connects (the async test) must not overflow the backlog (a 1 s SYN retry).
     request_queue_size = 128
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+    def __init__(self, handler: type[BaseHTTPRequestHandler], port: int = 0) -> None:
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), handler)
+        super().__init__(("127.0.0.1", port), handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
@@ -86,9 +87,9 @@ class _TrackedServer(ThreadingHTTPServer):
 
 
 class _Server(_TrackedServer):
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, port: int = 0) -> None:
         self.backend = backend
-        super().__init__(_Handler)
+        super().__init__(_Handler, port)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -185,12 +186,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class Backend:
-    """One HTTP server on 127.0.0.1 with a free port, serving from its own threads until killed."""
+    """One HTTP server on 127.0.0.1 with a free port (or ``port``, to bring a killed one back at its
+    address), serving from its own threads until killed."""
 
     STREAM_HEAD = b"first-chunk;"  # what /stream sends at once
     STREAM_TAIL = b"second-chunk"  # and after ``release`` is set
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, port: int = 0) -> None:
         self.name = name
         self.status = 200
         self.release = threading.Event()  # lets /stream responses finish
@@ -198,7 +200,7 @@ class Backend:
         self._hits: list[Hit] = []
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._server = _Server(self)
+        self._server = _Server(self, port)
         self.port: int = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(

@@ -1,0 +1,219 @@
+"""`Registry` through ZooKeeper outages and session losses: it answers in bounded time, never leaves a
+ghost or a leftover, finishes what it could not do once ZooKeeper is back, and never takes a znode that
+another live session owns.
+
+The outage here is member 0 stopped under a client that talks to member 0 only (see the conftest): the
+ensemble keeps serving, so `survivor_zk` sees what the registry leaves behind, and a session outlives an
+outage shorter than its timeout, so a znode that disappears was deleted, not expired.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from kazoo.client import KazooClient
+from tests.faults.conftest import (
+    children,
+    decoded_urls,
+    expire_session_id,
+    owners,
+    stays,
+    watch_callbacks,
+    zklb_callbacks,
+)
+
+from zklb import ClosedError, LoadBalancer, Registry, RegistryError, ServiceInstance, ServiceWatcher
+from zklb.codecs.curator import CuratorCodec
+from zklb.testing import ZooKeeperEnsemble, wait_until
+
+REQUEST_TIMEOUT = 10.0  # the documented default of request_timeout
+SLACK = 2.0  # scheduling on a busy two-core machine
+
+GetClient = Callable[..., KazooClient]
+
+
+def lose_member_0(ensemble: ZooKeeperEnsemble, client: KazooClient) -> None:
+    ensemble.stop_member(0)
+    wait_until(lambda: not client.connected, 10, "the client to lose member 0")
+
+
+def member_0_back(ensemble: ZooKeeperEnsemble, client: KazooClient) -> None:
+    ensemble.start_member(0)
+    wait_until(lambda: client.connected, 30, "the client to reconnect to member 0")
+
+
+def test_register_during_an_outage_raises_within_its_timeout_and_leaves_no_ghost(
+    healthy_ensemble: ZooKeeperEnsemble, member_client: GetClient, survivor_zk: KazooClient, service: str
+) -> None:
+    client = member_client(0)
+    registry = Registry(client)
+    try:
+        anchor = registry.register(service, "http://127.0.0.1:1")
+        session = client.client_id[0]
+        lose_member_0(healthy_ensemble, client)
+
+        started = time.monotonic()
+        with pytest.raises(RegistryError):
+            registry.register(service, "http://127.0.0.1:2")  # an id of its own (a UUID)
+        took = time.monotonic() - started
+        assert took <= REQUEST_TIMEOUT + SLACK, f"register() raised after {took:.1f} s"
+        assert registry.registrations() == (anchor,)
+
+        member_0_back(healthy_ensemble, client)
+        assert client.client_id[0] == session  # the session lived on: nothing vanished by expiry
+        client.sync(f"/services/{service}")  # anything kazoo queued during the outage has been sent now
+        wait_until(
+            lambda: decoded_urls(survivor_zk, service) == ["http://127.0.0.1:1"],
+            10,
+            "no znode for the failed registration",
+        )
+        stays(lambda: decoded_urls(survivor_zk, service) == ["http://127.0.0.1:1"], 2.0, "no ghost")
+        # The same server registered again, now that ZooKeeper is back: exactly one znode for it.
+        again = registry.register(service, "http://127.0.0.1:2")
+        assert decoded_urls(survivor_zk, service) == ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+        assert set(registry.registrations()) == {anchor, again}
+    finally:
+        registry.close()
+
+
+def test_every_zookeeper_timeout_is_a_constructor_argument(
+    healthy_ensemble: ZooKeeperEnsemble, member_client: GetClient, survivor_zk: KazooClient, service: str
+) -> None:
+    client = member_client(0)
+    registry = Registry(client, request_timeout=1.0)
+    try:
+        registry.register(service, "http://127.0.0.1:1")
+        lose_member_0(healthy_ensemble, client)
+        for timeout, bound in ((None, 1.0), (0.5, 0.5)):  # register(timeout=None): the registry's
+            started = time.monotonic()
+            with pytest.raises(RegistryError):
+                registry.register(service, "http://127.0.0.1:2", timeout=timeout)
+            took = time.monotonic() - started
+            assert took <= bound + 1.0, f"register(timeout={timeout}) raised after {took:.1f} s"
+        member_0_back(healthy_ensemble, client)
+        wait_until(
+            lambda: decoded_urls(survivor_zk, service) == ["http://127.0.0.1:1"],
+            10,
+            "no znode for either failed registration",
+        )
+        # The balancer and the watcher take it too, and work with it.
+        with (
+            LoadBalancer(client, service, request_timeout=1.0) as lb,
+            ServiceWatcher(client, service, request_timeout=1.0) as watcher,
+        ):
+            assert [s.url for s in lb.servers()] == ["http://127.0.0.1:1"]
+            assert [s.url for s in watcher.membership.instances] == ["http://127.0.0.1:1"]
+    finally:
+        registry.close()
+
+
+def test_close_during_an_outage_takes_one_timeout_in_all_and_leaves_nothing(
+    healthy_ensemble: ZooKeeperEnsemble, survivor_zk: KazooClient, service: str
+) -> None:
+    threads = set(threading.enumerate())
+    # The registry's own client, on member 0 only; its session (4 s) cannot be renewed once closed.
+    registry = Registry(healthy_ensemble.members[0].host, session_timeout=4.0)
+    registrations = [registry.register(service, f"http://127.0.0.1:{port}") for port in (1, 2, 3)]
+    path = f"/services/{service}"
+    assert len(children(survivor_zk, path)) == 3
+    healthy_ensemble.stop_member(0)
+
+    started = time.monotonic()
+    registry.close()
+    took = time.monotonic() - started
+    assert took <= REQUEST_TIMEOUT + SLACK, f"close() of 3 registrations took {took:.1f} s"
+    assert registry.registrations() == ()
+    assert all(r.closed for r in registrations)
+    with pytest.raises(ClosedError):
+        registry.register(service, "http://127.0.0.1:4")
+    wait_until(lambda: children(survivor_zk, path) == [], 4.0 + 10, "no znode left behind")
+    wait_until(lambda: set(threading.enumerate()) <= threads, 10, "the registry's threads to end")
+
+
+def test_close_on_a_borrowed_client_during_an_outage_deletes_once_reconnected(
+    healthy_ensemble: ZooKeeperEnsemble, member_client: GetClient, survivor_zk: KazooClient, service: str
+) -> None:
+    client = member_client(0)
+    threads = set(threading.enumerate())
+    listeners = set(client.state_listeners)
+    watches = watch_callbacks(client)
+    registry = Registry(client)
+    registrations = [registry.register(service, f"http://127.0.0.1:{port}") for port in (1, 2)]
+    path = f"/services/{service}"
+    session = client.client_id[0]
+    lose_member_0(healthy_ensemble, client)
+
+    started = time.monotonic()
+    registry.close()  # nothing can be deleted now; the client is borrowed, so it stays up
+    took = time.monotonic() - started
+    assert all(r.closed for r in registrations)
+    assert children(survivor_zk, path) == sorted(r.instance.id for r in registrations)  # still advertised
+
+    member_0_back(healthy_ensemble, client)
+    assert client.client_id[0] == session  # same session: only the registry can remove the znodes
+    wait_until(lambda: children(survivor_zk, path) == [], 10, "the deletes the outage held back")
+    assert took <= REQUEST_TIMEOUT + SLACK, f"close() of 2 registrations took {took:.1f} s"
+    # Its work done, the registry leaves nothing on the client it borrowed.
+    wait_until(
+        lambda: set(client.state_listeners) == listeners and watch_callbacks(client) == watches,
+        10,
+        f"the registry's callbacks to go: {zklb_callbacks(client)}",
+    )
+    wait_until(lambda: set(threading.enumerate()) <= threads, 10, "the registry's threads to end")
+
+
+def test_a_znode_of_our_id_owned_by_another_live_session_is_never_deleted(
+    healthy_ensemble: ZooKeeperEnsemble,
+    member_client: GetClient,
+    survivor_zk: KazooClient,
+    service: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="zklb")
+    ours = member_client(0, timeout=10.0)
+    registry = Registry(ours)
+    service_path = f"/services/{service}"
+    try:
+        registration = registry.register(service, "http://127.0.0.1:1", id="shared-id")
+        saved = ours.client_id
+        lose_member_0(healthy_ensemble, ours)
+        # Our session ends while we cannot hear of it, and our znode with it...
+        expire_session_id(saved, ",".join(m.host for m in healthy_ensemble.members[1:]))
+        wait_until(lambda: children(survivor_zk, service_path) == [], 10, "our znode gone with our session")
+        # ...and another live process takes the same id (a second copy of the instance, say).
+        theirs = survivor_zk.client_id[0]
+        copy = ServiceInstance.parse("http://127.0.0.1:2", id="shared-id")
+        survivor_zk.create(registration.path, CuratorCodec().encode(service, copy), ephemeral=True)
+
+        member_0_back(healthy_ensemble, ours)
+        wait_until(lambda: ours.client_id[0] != saved[0], 30, "our new session")
+        new = ours.client_id[0]
+        stays(
+            lambda: owners(survivor_zk, service_path) == {"shared-id": theirs},
+            3.0,
+            "the other session's znode, untouched",
+        )
+
+        def names_both_sessions(message: str) -> bool:
+            text = message.lower()
+            return all(f"{s:x}" in text or str(s) in text for s in (new, theirs))
+
+        wait_until(
+            lambda: any(
+                r.levelno >= logging.ERROR and names_both_sessions(r.getMessage()) for r in caplog.records
+            ),
+            10,
+            "an error naming both sessions",
+        )
+        # Once the other session lets go, ours comes back by itself: the registry kept trying.
+        survivor_zk.delete(registration.path)
+        wait_until(
+            lambda: owners(survivor_zk, service_path) == {"shared-id": new}, 15, "our znode re-created by us"
+        )
+        assert decoded_urls(survivor_zk, service) == ["http://127.0.0.1:1"]
+    finally:
+        registry.close()
