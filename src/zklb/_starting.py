@@ -7,10 +7,13 @@ not one after another. An event loop must not wait at all: ``astart()`` is told 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
 __all__ = ["SharedStart"]
+
+log = logging.getLogger("zklb")
 
 
 class SharedStart:
@@ -55,7 +58,10 @@ class SharedStart:
             self._done.set()
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
-            callback()
+            try:
+                callback()
+            except Exception:  # one waiter's callback must not fail the start, or close(), for others
+                log.exception("start callback %r failed", callback)
 
     def _run(self) -> None:
         try:

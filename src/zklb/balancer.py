@@ -137,7 +137,13 @@ class LoadBalancer(Pool):
                 if not ended.done():
                     ended.set_result(None)
 
-            attempt.add_done_callback(lambda: loop.call_soon_threadsafe(wake))
+            def wake_threadsafe() -> None:
+                try:
+                    loop.call_soon_threadsafe(wake)
+                except RuntimeError:  # the loop is closed: this waiter gave up long ago
+                    pass
+
+            attempt.add_done_callback(wake_threadsafe)
             try:
                 await asyncio.wait_for(ended, limit)
             except TimeoutError:
