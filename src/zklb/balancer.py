@@ -168,10 +168,11 @@ class LoadBalancer(Pool):
             self._pick = self._closed
         if starting is not None:
             starting.finish(ClosedError(f"load balancer for {self.service!r} was closed while starting"))
-        if self._registry is not None:
-            self._registry.close()
+        # The watcher first: it must not see (and report) this balancer's own registrations leaving.
         if self._watcher is not None:
             self._watcher.close()
+        if self._registry is not None:
+            self._registry.close()
         if self._handle is not None:
             self._handle.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import os
 import random
 import subprocess
@@ -270,3 +271,34 @@ def test_rolling_restart_of_the_ensemble_keeps_the_pool_and_its_changes(
             ensemble.start_member(member.index, wait=True, timeout=60)
             ensemble.wait_serving(timeout=60)
         assert len(lb.servers()) == 1 + len(ensemble.members)
+
+
+def test_drain_stops_new_picks_keeps_in_flight_and_close_with_drain_deregisters(
+    zk: KazooClient, zk_hosts: str, service: str
+) -> None:
+    with LoadBalancer(zk_hosts, service, strategy="least_connections") as lb:
+        keep = lb.add_server("http://127.0.0.1:1", id="keep")
+        leaving = lb.add_server("http://127.0.0.1:2", id="leaving")
+        in_flight = [lb.acquire() for _ in range(2)]
+        assert {lease.server.id for lease in in_flight} == {"keep", "leaving"}
+        assert leaving.drain()
+        zk.sync(leaving.path)
+        data, _ = zk.get(leaving.path)
+        assert json.loads(data)["payload"]["metadata"]["instance_status"] == "OUT_OF_SERVICE"  # Spring's word
+        wait_until(lambda: lb.pool_stats().draining == 1, 10, "the drain to reach the pool")
+        assert {lb.get_server().id for _ in range(20)} == {"keep"}
+        assert {lb.acquire().server.id for _ in range(5)} == {"keep"}
+        assert lb.stats()["leaving"].in_flight == 1  # the request already sent is left to finish
+        stats = lb.pool_stats()
+        assert (stats.size, stats.healthy, stats.draining, stats.connection) == (2, 1, 1, "connected")
+        keep.drain()  # everything draining: better a draining instance than no server at all
+        wait_until(lambda: lb.pool_stats().draining == 2, 10, "both draining")
+        assert lb.get_server().id in {"keep", "leaving"}
+        # close(drain=s): drain (already), wait, then delete; the pool shrinks only after the wait.
+        closer = threading.Thread(target=leaving.close, kwargs={"drain": 0.5})
+        closer.start()
+        assert "leaving" in lb.membership.by_id
+        closer.join(10)
+        wait_until(lambda: "leaving" not in lb.membership.by_id, 10, "the drained instance to leave")
+        for lease in in_flight:
+            lease.release()
