@@ -147,7 +147,7 @@ def _cut_timeout(timeout: object, time_left: float) -> dict[str, float]:
 class _Balancing:
     """The sync-agnostic part of both transports: which requests, rewritten how, counted how."""
 
-    __slots__ = ("hosts", "lb", "policy", "preserve_host")
+    __slots__ = ("hosts", "lb", "leases", "policy", "preserve_host")
 
     def __init__(
         self,
@@ -160,6 +160,9 @@ class _Balancing:
         self.preserve_host = preserve_host
         self.policy = resolve_policy(retry)
         self.hosts = frozenset(h.lower() for h in (hosts if hosts is not None else (lb.service,)))
+        # Leases of response bodies not closed yet, ended by the transport's close. A set: its add,
+        # discard and pop are atomic, so the finalisers of dropped responses can use it without a lock.
+        self.leases: set[Lease] = set()
 
     def balances(self, request: httpx.Request) -> bool:
         return request.url.host in self.hosts
@@ -186,8 +189,7 @@ class _Balancing:
             sent.headers["Host"] = url.netloc.decode("ascii")
         return sent
 
-    @staticmethod
-    def settle(response: httpx.Response, lease: Lease) -> bool:
+    def settle(self, response: httpx.Response, lease: Lease) -> bool:
         """Count the status; True if the lease must now follow the body (released when it closes)."""
         if is_failure_status(response.status_code):
             lease.report(False)
@@ -195,7 +197,18 @@ class _Balancing:
             # The body is already in memory (e.g. a mock transport): the server is done with us.
             lease.release()
             return False
+        self.leases.add(lease)
         return True
+
+    def end_leases(self) -> None:
+        """End the lease of every body still open (the transport is closing): no outcome recorded."""
+        leases = self.leases
+        while leases:
+            try:
+                lease = leases.pop()
+            except KeyError:  # emptied meanwhile, by bodies closing in other threads
+                break
+            lease.cancel()
 
     def describe(self, kind: str) -> str:
         retry = "off" if self.policy is None else repr(self.policy)
@@ -204,11 +217,17 @@ class _Balancing:
 
 class _LeasedStream(httpx.SyncByteStream):
     """A response body that releases its lease when closed; a read error marks a failure, and a
-    cancellation or interrupt (during the read or while it closes) records nothing."""
+    cancellation or interrupt (during the read or while it closes) records nothing.
 
-    def __init__(self, stream: httpx.SyncByteStream, lease: Lease) -> None:
+    A body dropped unclosed cancels its lease when it is collected (httpx's response and its bound
+    stream refer to each other, so that is at the next collection of a cycle); ``__del__`` takes no
+    lock. ``holder``: the transport's set of leases still out, which its close ends.
+    """
+
+    def __init__(self, stream: httpx.SyncByteStream, lease: Lease, holder: set[Lease]) -> None:
         self._stream = stream
         self._lease = lease
+        self._holder = holder
         self._cancelled = False
 
     def __iter__(self) -> Iterator[bytes]:
@@ -229,15 +248,20 @@ class _LeasedStream(httpx.SyncByteStream):
         try:
             self._stream.close()
         finally:
+            self._holder.discard(self._lease)
             end_lease(self._lease, self._cancelled)
+
+    def __del__(self) -> None:
+        _abandon(self._lease, self._holder)
 
 
 class _LeasedAsyncStream(httpx.AsyncByteStream):
     """The async twin of `_LeasedStream`."""
 
-    def __init__(self, stream: httpx.AsyncByteStream, lease: Lease) -> None:
+    def __init__(self, stream: httpx.AsyncByteStream, lease: Lease, holder: set[Lease]) -> None:
         self._stream = stream
         self._lease = lease
+        self._holder = holder
         self._cancelled = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -257,7 +281,17 @@ class _LeasedAsyncStream(httpx.AsyncByteStream):
         try:
             await self._stream.aclose()
         finally:
+            self._holder.discard(self._lease)
             end_lease(self._lease, self._cancelled)
+
+    def __del__(self) -> None:
+        _abandon(self._lease, self._holder)
+
+
+def _abandon(lease: Lease, holder: set[Lease]) -> None:
+    """End the lease of a body collected unclosed: no outcome, and nothing that blocks (a finaliser)."""
+    holder.discard(lease)
+    lease.cancel()  # released already (the usual case): does nothing
 
 
 class LoadBalancedTransport(httpx.BaseTransport):
@@ -272,8 +306,9 @@ class LoadBalancedTransport(httpx.BaseTransport):
 
     A connection error, a timeout or a 5xx response counts as a failure of the instance. An empty pool
     raises `NoServerAvailableError` (an ``httpx.ConnectError``). The instance stays in flight until the
-    response is closed (``client.get`` closes it; ``client.stream`` when its block ends). The balancer
-    is the caller's: it is not closed here.
+    response is closed (``client.get`` closes it; ``client.stream`` when its block ends), garbage
+    collected unclosed, or this transport closed; the last two record no outcome. The balancer is the
+    caller's: it is not closed here.
     """
 
     def __init__(
@@ -312,11 +347,17 @@ class LoadBalancedTransport(httpx.BaseTransport):
         response = self._transport.handle_request(sent)
         if self._core.settle(response, lease):
             assert isinstance(response.stream, httpx.SyncByteStream)
-            response.stream = _LeasedStream(response.stream, lease)
+            response.stream = _LeasedStream(response.stream, lease, self._core.leases)
         return response
 
     def close(self) -> None:
-        """Close the inner transport."""
+        """Close the inner transport, and end the lease of every response still open.
+
+        ``client.close()`` calls this. A response left open (``client.send(..., stream=True)``) stops
+        counting as in flight on its instance, with no outcome recorded; closing it later changes
+        nothing more.
+        """
+        self._core.end_leases()
         self._transport.close()
 
     def __repr__(self) -> str:
@@ -368,11 +409,13 @@ class AsyncLoadBalancedTransport(httpx.AsyncBaseTransport):
         response = await self._transport.handle_async_request(sent)
         if self._core.settle(response, lease):
             assert isinstance(response.stream, httpx.AsyncByteStream)
-            response.stream = _LeasedAsyncStream(response.stream, lease)
+            response.stream = _LeasedAsyncStream(response.stream, lease, self._core.leases)
         return response
 
     async def aclose(self) -> None:
-        """Close the inner transport."""
+        """Close the inner transport, and end the lease of every response still open (see
+        `LoadBalancedTransport.close`)."""
+        self._core.end_leases()
         await self._transport.aclose()
 
     def __repr__(self) -> str:

@@ -16,7 +16,8 @@ the balancer, while an absolute redirect to another host goes to whatever adapte
 
 The instance counts the request as in flight until the body has been read to its end or the response
 is closed (``stream=True`` included): the adapter hooks the urllib3 response, because that is the only
-object that sees both events.
+object that sees both events. A response dropped unclosed, or still open when the adapter (or its
+session) closes, ends its lease then, with no outcome recorded.
 """
 
 from __future__ import annotations
@@ -181,6 +182,9 @@ class LoadBalancedAdapter(HTTPAdapter):
         # Set by mount(): the adapters the session had for other hosts, by scheme, and the session.
         self._others: dict[str, BaseAdapter] = {}
         self._session: weakref.ref[requests.Session] | None = None
+        # Leases of responses not yet read to the end or closed, ended by close(). A set: its add,
+        # discard and pop are atomic, so the finalisers of dropped responses can use it without a lock.
+        self._leases: set[Lease] = set()
         super().__init__(**kwargs)
 
     @property
@@ -266,7 +270,7 @@ class LoadBalancedAdapter(HTTPAdapter):
             lease.report(False)
         raw = response.raw
         if isinstance(raw, HTTPResponse):
-            _RawLease.attach(raw, lease)
+            _RawLease.attach(raw, lease, self._leases)
         else:
             lease.release()  # not a urllib3 response (a test double): nothing to wait for
         if not options["stream"]:
@@ -328,7 +332,19 @@ class LoadBalancedAdapter(HTTPAdapter):
         self._routes[name] = _Route(lb, resolve_policy(retry), preserve_host)
 
     def close(self) -> None:
-        """Close the connection pools, and the adapters `mount` took over for other hosts."""
+        """Close the connection pools, and the adapters `mount` took over for other hosts.
+
+        A response still open (``stream=True``, not read to its end nor closed) stops counting as in
+        flight on its instance, with no outcome recorded; it can still be read, or closed, as with
+        plain requests, and that changes nothing more.
+        """
+        leases = self._leases
+        while leases:
+            try:
+                lease = leases.pop()
+            except KeyError:  # emptied meanwhile, by responses closing in other threads
+                break
+            lease.cancel()
         super().close()
         for other in self._others.values():
             other.close()
@@ -400,26 +416,45 @@ class _RawLease:
     call the class's implementation and are removed on release. A read that raises marks a failure;
     a ``release_conn`` from inside a read waits for the read to end, so the failure is counted first.
     A read cut by an interrupt, or a close while one propagates, records nothing (see `end_lease`).
+
+    A response dropped unclosed is abandoned: its lease is cancelled (no outcome, no latency) when it
+    is collected. The hook holds the response only weakly (a strong reference would make a cycle
+    that only a full collection frees, by which time urllib3 may think itself closed and never call
+    ``close``), so a response dropped outside a cycle is collected at once: io's finaliser then calls
+    ``close`` after setting ``_finalizing``, which tells it from a caller's close. If the response is
+    already gone (cleared in a cycle) or never closed, the hook's own ``__del__`` cancels the lease
+    when the response's attributes, and with them the hook, go. Nothing on these paths takes a lock.
+
+    ``holder``: the adapter's set of leases still out, which `LoadBalancedAdapter.close` ends.
     """
 
-    __slots__ = ("_cancelled", "_lease", "_pending", "_raw", "_reading")
+    __slots__ = ("_cancelled", "_holder", "_lease", "_pending", "_raw", "_reading")
 
-    def __init__(self, raw: HTTPResponse, lease: Lease) -> None:
-        self._raw = raw
+    def __init__(self, raw: HTTPResponse, lease: Lease, holder: set[Lease]) -> None:
+        self._raw = weakref.ref(raw)
         self._lease = lease
+        self._holder = holder
         self._reading = 0
         self._pending = False
         self._cancelled = False
 
     @classmethod
-    def attach(cls, raw: HTTPResponse, lease: Lease) -> None:
-        hook = cls(raw, lease)
+    def attach(cls, raw: HTTPResponse, lease: Lease, holder: set[Lease]) -> None:
+        holder.add(lease)
+        hook = cls(raw, lease, holder)
         vars(raw).update(
             close=hook.close, read=hook.read, read_chunked=hook.read_chunked, release_conn=hook.release_conn
         )
 
+    def _target(self) -> HTTPResponse:
+        raw = self._raw()
+        if raw is None:  # called from a finaliser in the cycle that held it: nothing left to act on
+            self._abandon()
+            raise ValueError("I/O operation on a response that has been collected")
+        return raw
+
     def read(self, *args: Any, **kwargs: Any) -> bytes:
-        raw = self._raw
+        raw = self._target()
         self._reading += 1
         try:
             return type(raw).read(raw, *args, **kwargs)
@@ -432,10 +467,10 @@ class _RawLease:
             self._cancelled = True
             raise
         finally:
-            self._end_read()
+            self._end_read(raw)
 
     def read_chunked(self, *args: Any, **kwargs: Any) -> Iterator[bytes]:
-        raw = self._raw
+        raw = self._target()
         self._reading += 1
         try:
             yield from type(raw).read_chunked(raw, *args, **kwargs)
@@ -448,32 +483,49 @@ class _RawLease:
             self._cancelled = True
             raise
         finally:
-            self._end_read()
+            self._end_read(raw)
 
     def release_conn(self) -> None:
-        raw = self._raw
+        raw = self._raw()
+        if raw is None:
+            self._abandon()
+            return
         try:
             type(raw).release_conn(raw)
         finally:
             if self._reading:
                 self._pending = True
             else:
-                self._done()
+                self._done(raw)
 
     def close(self) -> None:
-        raw = self._raw
+        raw = self._raw()
+        if raw is None:  # io's finaliser, after the collection of a cycle cleared the reference
+            self._abandon()
+            return
         try:
             type(raw).close(raw)
         finally:
-            self._done()
+            if vars(raw).get("_finalizing"):  # set by io's finaliser: the response was dropped unclosed
+                self._cancelled = True
+            self._done(raw)
 
-    def _end_read(self) -> None:
+    def _end_read(self, raw: HTTPResponse) -> None:
         self._reading -= 1
         if self._pending and not self._reading:
-            self._done()
+            self._done(raw)
 
-    def _done(self) -> None:
-        attrs = vars(self._raw)
+    def _done(self, raw: HTTPResponse) -> None:
+        attrs = vars(raw)
         for name in _HOOKED:
             attrs.pop(name, None)
+        self._holder.discard(self._lease)
         end_lease(self._lease, self._cancelled)
+
+    def _abandon(self) -> None:
+        # Finaliser-safe: a set operation and Lease.cancel(), neither of which blocks.
+        self._holder.discard(self._lease)
+        self._lease.cancel()
+
+    def __del__(self) -> None:
+        self._abandon()  # released already (the usual case): does nothing
