@@ -401,30 +401,35 @@ class ServiceWatcher:
         if not (changed or self._held_since is not None or not self._loaded.is_set()):
             return
         instances = tuple(c.instance for c in known.values() if c.instance is not None)
-        if not instances and self._hold_last_pool():
+        if self._hold_last_pool(instances):
             return
         self._held_since = None
         self._publish(instances)
 
-    def _hold_last_pool(self) -> bool:
-        """Whether to keep publishing the last pool although ZooKeeper now lists no instance.
+    def _hold_last_pool(self, instances: tuple[ServiceInstance, ...]) -> bool:
+        """Whether to keep publishing the last pool rather than ``instances``, what ZooKeeper now lists.
 
         Every instance gone at once is far more often one registrar's session expiring (its servers
-        still up, their znodes re-created within a second) than a whole service stopping: for
-        ``empty_grace`` seconds the last pool is kept, then the empty one is published.
+        still up, their znodes re-created one by one within a second) than a whole service stopping.
+        So when the pool would become empty, the last one is kept for ``empty_grace`` seconds, and
+        while only some of it has come back (a strict subset, nothing new), it is still kept: a pool
+        of one returning instance would take the whole load. When all are back, a new one appears,
+        or the grace is over, what ZooKeeper lists is published.
         """
-        if not self._membership.instances or self._empty_grace <= 0 or not self._loaded.is_set():
-            return False
-        now = time.monotonic()
+        held = self._membership.by_id
         if self._held_since is None:
-            self._held_since = now
+            if instances or not held or self._empty_grace <= 0 or not self._loaded.is_set():
+                return False
+            self._held_since = time.monotonic()
             log.warning(
                 "every instance of %s left at once; keeping the last %d for %g s in case they come back",
                 self.path,
-                len(self._membership),
+                len(held),
                 self._empty_grace,
             )
-        remaining = self._held_since + self._empty_grace - now
+        elif not {inst.id for inst in instances} < held.keys():
+            return False
+        remaining = self._held_since + self._empty_grace - time.monotonic()
         if remaining <= 0:
             return False
         worker = self._worker
