@@ -3,10 +3,10 @@
     python examples/requests_adapter.py
 
 Starts its own single-node ZooKeeper (``zklb.testing``: needs Debian's ``zookeeper`` package and Java)
-and three tiny HTTP servers on 127.0.0.1, registers them as service ``api`` and mounts a
-`LoadBalancedAdapter` on ``http://api/``. Then it follows a relative redirect through the balancer and
-stops one backend (still registered) in the middle of twelve GETs: they are retried on the others,
-and none fails. Cleans up on exit.
+and three tiny HTTP servers on 127.0.0.1, registers them as service ``api`` and balances the session's
+requests to ``api`` with ``zklb.requests.mount(session, lb)``. Then it follows a relative redirect
+through the balancer and stops one backend (still registered) in the middle of twelve GETs: they are
+retried on the others, and none fails. Cleans up on exit.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 
+import zklb.requests
 from zklb import LoadBalancer
-from zklb.requests import LoadBalancedAdapter
 from zklb.testing import ZooKeeperEnsemble
 
 
@@ -57,7 +57,7 @@ def main() -> None:
         ):
             for backend in backends:
                 lb.add_server(f"http://127.0.0.1:{backend.server_address[1]}")
-            session.mount("http://api/", LoadBalancedAdapter(lb))
+            zklb.requests.mount(session, lb)  # every request to host "api", with or without userinfo
 
             response = session.get("http://api/old", timeout=5)
             hops = " -> ".join(r.url for r in [*response.history, response])
