@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 
@@ -237,6 +238,41 @@ def test_watcher_recovers_from_its_own_session_expiry(zk: KazooClient, zk_hosts:
             # Watches died with the old session; the watcher must have re-armed them.
             registry.register(service, "http://10.0.0.2:80")
             assert watcher.wait_for(lambda m: len(m) == 2, 10), urls(watcher.membership)
+    finally:
+        client.stop()
+        client.close()
+
+
+class _Longest(random.Random):
+    """A random source whose every delay is the longest allowed: the re-sync delay made exact."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_a_resync_after_reconnect_waits_its_random_delay(
+    healthy_ensemble: ZooKeeperEnsemble, zk: KazooClient, service: str
+) -> None:
+    follower = next(m for m in healthy_ensemble.members if m.mode() == "follower")
+    others = [m for m in healthy_ensemble.members if m is not follower]
+    # Connected to the follower first, so that stopping it moves the session to another member.
+    hosts = ",".join(f"127.0.0.1:{m.client_port}" for m in [follower, *others])
+    client = KazooClient(hosts=hosts, timeout=15.0, randomize_hosts=False)
+    client.start(timeout=30)
+    reconnected: list[float] = []
+    client.add_listener(lambda state: reconnected.append(time.monotonic()) if state == "CONNECTED" else None)
+    try:
+        with (
+            ServiceWatcher(client, service, resync_delay=1.5, rng=_Longest()) as slow,
+            ServiceWatcher(client, service, resync_delay=0) as prompt,
+        ):
+            reads = (slow.read_count, prompt.read_count)
+            healthy_ensemble.stop_member(follower.index)
+            wait_until(lambda: reconnected and client.connected, 30, "the session to move to another member")
+            wait_until(lambda: prompt.read_count > reads[1], 10, "the prompt watcher's re-sync")
+            assert slow.read_count == reads[0]  # still waiting out its delay
+            wait_until(lambda: slow.read_count > reads[0], 10, "the delayed watcher's re-sync")
+            assert time.monotonic() - reconnected[-1] >= 1.4
     finally:
         client.stop()
         client.close()
