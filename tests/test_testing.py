@@ -17,6 +17,7 @@ from zklb.testing import (
     ZooKeeperEnsemble,
     ZooKeeperNotInstalled,
     ZooKeeperStartError,
+    _ports,
     four_letter_word,
     zookeeper_available,
 )
@@ -188,7 +189,7 @@ def test_port_taken_before_zookeeper_binds_is_retried(monkeypatch: pytest.Monkey
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        real_reserve = testing._reserve_ports
+        real_reserve = _ports.reserve_ports
         calls: list[int] = []
 
         def reserve_with_race(count: int) -> list[int]:
@@ -198,7 +199,7 @@ def test_port_taken_before_zookeeper_binds_is_retried(monkeypatch: pytest.Monkey
                 ports[0] = taken
             return ports
 
-        monkeypatch.setattr(testing, "_reserve_ports", reserve_with_race)
+        monkeypatch.setattr(_ports, "reserve_ports", reserve_with_race)
         with ZooKeeperEnsemble(size=1) as ens:
             assert len(calls) == 2
             assert ens.members[0].client_port != taken
