@@ -5,7 +5,8 @@ Three ZooKeeper members and three HTTP backends on 127.0.0.1. The backends are r
 its own clients'); the client side is a ``LoadBalancer(hosts, service)`` (which makes its own kazoo
 client) and an ``httpx.Client(transport=LoadBalancedTransport(lb))``, every zklb setting at its default.
 ``--kazoo-defaults`` puts the registrar and the balancer on plain ``KazooClient(hosts)`` instead.
-Worker threads send GETs without stopping while a scheduler runs faults one after the other:
+Worker threads send GETs without stopping while a scheduler (in ``_chaos_faults.py``, with the backends:
+`zklb.testing.HTTPBackend` servers) runs faults one after the other:
 
 - **leader kill**: SIGKILL the ZooKeeper leader, wait for a new one, later restart the member;
 - **backend kill**: kill one HTTP backend (listener closed, connections cut), time until the balancer
@@ -33,39 +34,27 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import dataclasses
-import errno
 import gc
 import logging
 import os
-import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import httpx
+from _chaos_faults import SERVICE, ZK_SERVING_TIMEOUT, ZK_START_TIMEOUT, Backend, Chaos, Findings
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException
 from kazoo.retry import KazooRetry
 
-from zklb import LoadBalancer, Registration, Registry, ZklbError
+from zklb import LoadBalancer, Registry
 from zklb.httpx import LoadBalancedTransport
-from zklb.testing import ZooKeeperEnsemble, expire_session
+from zklb.testing import ZooKeeperEnsemble
 
-SERVICE = "chaos"
 ROOT = "/services"
 SERVICE_PATH = f"{ROOT}/{SERVICE}"
 URL = f"http://{SERVICE}/"
 
-#: Deadlines: every wait of the scenario ends by itself.
-ZK_START_TIMEOUT = 90.0
-ZK_SERVING_TIMEOUT = 30.0
-EJECT_TIMEOUT = 10.0
-CONVERGE_TIMEOUT = 30.0
-REREGISTER_TIMEOUT = 30.0
+#: Deadlines: every wait of the scenario ends by itself (those of the faults are in _chaos_faults.py).
 JOIN_TIMEOUT = 15.0
 SETTLE_TIMEOUT = 5.0
 
@@ -73,117 +62,6 @@ SETTLE_TIMEOUT = 5.0
 def fd_count() -> int:
     """Open file descriptors of this process."""
     return len(os.listdir("/proc/self/fd"))
-
-
-# --------------------------------------------------------------------------- HTTP backends
-
-
-class _Server(ThreadingHTTPServer):
-    # Handler threads are joined by server_close(): a killed backend leaves no thread behind.
-    daemon_threads = False
-    block_on_close = True
-    request_queue_size = 128
-    allow_reuse_address = True  # restart on the same port while old connections sit in TIME_WAIT
-
-    def __init__(self, backend: Backend, port: int) -> None:
-        self.backend = backend
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", port), _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def drop_connections(self) -> None:
-        with self._connections_lock:
-            connections = list(self._connections)
-        for sock in connections:
-            with contextlib.suppress(OSError):  # already closed by the client
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # connections cut by a kill are the point here, not news
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as real services
-    wbufsize = -1  # headers and body leave in one write
-    disable_nagle_algorithm = True
-    timeout = 5  # an idle keep-alive connection does not hold a thread for long
-    server: _Server
-
-    def do_GET(self) -> None:
-        self.server.backend.hit()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class Backend:
-    """A tiny HTTP server on 127.0.0.1 that can be killed and started again on the same port."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.port = 0
-        self.hits = 0
-        self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    def hit(self) -> None:
-        with self._lock:
-            self.hits += 1
-
-    def start(self, timeout: float = 10.0) -> None:
-        """Listen (on the port it had, once it has one) and serve on a thread of its own."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                server = _Server(self, self.port)
-                break
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.1)
-        self.port = server.server_address[1]
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"backend-{self.name}"
-        )
-        self._thread.start()
-
-    def kill(self) -> None:
-        """Refuse new connections, cut open ones, and wait for every server thread to end."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        self._server = self._thread = None
-        server.shutdown()  # the accept loop ends...
-        thread.join(JOIN_TIMEOUT)
-        server.socket.close()  # ...and connecting is refused from here on
-        server.drop_connections()
-        server.server_close()  # joins the handler threads (their reads end: connections are cut)
 
 
 # --------------------------------------------------------------------------- load
@@ -300,184 +178,6 @@ class LogCollector(logging.Handler):
             self.lines.append(f"+{elapsed:5.1f}s {record.levelname:<7} {record.name}: {message}")
 
 
-# --------------------------------------------------------------------------- the scenario
-
-
-@dataclasses.dataclass
-class Findings:
-    eject: list[tuple[str, float | None]] = dataclasses.field(default_factory=list)
-    converge: list[tuple[str, float | None]] = dataclasses.field(default_factory=list)
-    faults: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
-    anomalies: list[str] = dataclasses.field(default_factory=list)
-
-
-class Chaos:
-    """The fault scheduler: one method per fault, each bounded by deadlines."""
-
-    def __init__(
-        self,
-        *,
-        ensemble: ZooKeeperEnsemble,
-        registrar: KazooClient,
-        registry: Registry,
-        registrations: Sequence[Registration],
-        backends: Sequence[Backend],
-        spare: Backend,
-        lb: LoadBalancer,
-        load: Load,
-        started: float,
-        outage: float,
-        backend_down: float,
-    ) -> None:
-        self.ensemble = ensemble
-        self.registrar = registrar
-        self.registry = registry
-        self.registrations = registrations
-        self.backends = backends
-        self.spare = spare
-        self.lb = lb
-        self.load = load
-        self.started = started
-        self.outage = outage
-        self.backend_down = backend_down
-        self.findings = Findings()
-        self._kills = 0
-
-    def say(self, message: str) -> None:
-        print(f"[{time.monotonic() - self.started:6.1f}s] {message}", flush=True)
-
-    def anomaly(self, message: str) -> None:
-        self.findings.anomalies.append(f"+{time.monotonic() - self.started:.1f}s {message}")
-        self.say(f"ANOMALY: {message}")
-
-    # -- faults ------------------------------------------------------------------------------------------
-
-    def leader_kill(self) -> None:
-        leader = next((m.index for m in self.ensemble.members if m.mode() == "leader"), None)
-        if leader is None:
-            self.anomaly("no ZooKeeper leader to kill")
-            return
-        self.findings.faults["leader kill"] += 1
-        start = time.monotonic()
-        self.ensemble.kill_member(leader)
-        self.say(f"leader kill: member {leader} SIGKILLed")
-        self.ensemble.wait_serving(timeout=ZK_SERVING_TIMEOUT)
-        self.say(f"leader kill: quorum with a new leader after {time.monotonic() - start:.1f} s")
-        self.converge("after leader kill")
-        self.ensemble.start_member(leader, wait=True, timeout=ZK_START_TIMEOUT)
-        self.say(f"leader kill: member {leader} serving again")
-
-    def backend_kill(self) -> None:
-        index = self._kills % len(self.backends)
-        self._kills += 1
-        backend, key = self.backends[index], self.registrations[index].instance.id
-        self.findings.faults["backend kill"] += 1
-        start = time.monotonic()
-        backend.kill()
-        self.say(f"backend kill: {backend.name} ({backend.url}) killed")
-        deadline = start + EJECT_TIMEOUT
-        took: float | None = None
-        while time.monotonic() < deadline:
-            stats = self.lb.stats().get(key)
-            if stats is not None and stats.ejected:
-                took = time.monotonic() - start
-                break
-            time.sleep(0.005)
-        self.findings.eject.append((backend.name, took))
-        if took is None:
-            ejected = [k for k, s in self.lb.stats().items() if s.ejected]
-            self.anomaly(f"{backend.name} not ejected within {EJECT_TIMEOUT:g} s (ejected now: {ejected})")
-        else:
-            self.say(f"backend kill: {backend.name} ejected {took * 1000:.0f} ms after the kill")
-        time.sleep(self.backend_down)
-        backend.start()
-        self.say(f"backend kill: {backend.name} restarted on port {backend.port}")
-        self.converge("after backend restart")
-
-    def session_expiry(self) -> None:
-        self.findings.faults["session expiry"] += 1
-        old = self.registrar.client_id[0] if self.registrar.client_id is not None else None
-        start = time.monotonic()
-        expire_session(self.registrar, self.ensemble.hosts, timeout=ZK_SERVING_TIMEOUT)
-        self.say(f"session expiry: registrar's session 0x{old or 0:x} expired")
-        keys = {r.instance.id for r in self.registrations}
-        # ZooKeeper first (the znodes under the new session), then the balancer's pool (which may or
-        # may not have seen them go, depending on how fast the Registry re-created them).
-        owned = _wait(lambda: self._owned_by_new_session(old), REREGISTER_TIMEOUT)
-        back = self.lb.wait_for(
-            lambda m: keys <= m.by_id.keys(), max(0.0, start + REREGISTER_TIMEOUT - time.monotonic())
-        )
-        took = time.monotonic() - start
-        if not (owned and back):
-            where = "in ZooKeeper" if not owned else "in the balancer's pool"
-            self.anomaly(f"registrations not back {where} {REREGISTER_TIMEOUT:g} s after the expiry")
-            self.findings.converge.append(("re-registered after expiry", None))
-        else:
-            self.findings.converge.append(("re-registered after expiry", took))
-            self.say(f"session expiry: all registrations back under a new session after {took:.2f} s")
-        self.converge("after session expiry")
-
-    def full_outage(self) -> None:
-        self.findings.faults["full outage"] += 1
-        self.ensemble.stop_all()
-        self.say(f"full outage: every ZooKeeper member stopped for {self.outage:g} s")
-        time.sleep(self.outage)
-        start = time.monotonic()
-        self.ensemble.start_all(timeout=ZK_START_TIMEOUT)
-        self.say(f"full outage: ensemble serving again ({time.monotonic() - start:.1f} s to start)")
-        self.converge("after full outage")
-
-    # -- measurements --------------------------------------------------------------------------------------
-
-    def converge(self, label: str) -> None:
-        """Register the spare backend, then deregister it; time each until the balancer's pool shows it."""
-        start = time.monotonic()
-        try:
-            registration = self.registry.register(SERVICE, self.spare.url)
-        except ZklbError as exc:
-            self.anomaly(f"{label}: register() raised {exc!r}")
-            self.findings.converge.append((f"add {label}", None))
-            return
-        key = registration.instance.id
-        registered = time.monotonic() - start
-        added = self.lb.wait_for(lambda m: key in m.by_id, CONVERGE_TIMEOUT)
-        add = time.monotonic() - start
-        start = time.monotonic()
-        registration.close()
-        deleted = time.monotonic() - start
-        removed = self.lb.wait_for(lambda m: key not in m.by_id, CONVERGE_TIMEOUT)
-        remove = time.monotonic() - start
-        self.findings.converge.append((f"add {label}", add if added else None))
-        self.findings.converge.append((f"remove {label}", remove if removed else None))
-        if not added:
-            self.anomaly(
-                f"{label}: the balancer did not see a new registration within {CONVERGE_TIMEOUT:g} s"
-            )
-        if not removed:
-            self.anomaly(f"{label}: the balancer still had a removed one after {CONVERGE_TIMEOUT:g} s")
-        self.say(
-            f"converge {label}: add seen in {add:.2f} s (register() {registered:.2f} s), "
-            f"removal in {remove:.2f} s (close() {deleted:.2f} s)"
-        )
-
-    def _owned_by_new_session(self, old: int | None) -> bool:
-        try:
-            pending = [self.registrar.exists_async(r.path) for r in self.registrations]
-            owners = [result.get(timeout=5.0) for result in pending]
-        except (KazooException, TimeoutError):
-            return False
-        return all(stat is not None and stat.ephemeralOwner != old for stat in owners)
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
 def make_client(hosts: str, kazoo_defaults: bool) -> KazooClient:
     """A started kazoo client for the registrar (or, with --kazoo-defaults, the balancer too).
 
@@ -573,7 +273,6 @@ def run(args: argparse.Namespace, started: float) -> Outcome:
             backends=backends[:3],
             spare=spare,
             lb=lb,
-            load=load,
             started=started,
             outage=args.outage,
             backend_down=args.backend_down,

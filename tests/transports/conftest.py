@@ -14,8 +14,9 @@ Routes every backend answers (any method):
 The ``proxy`` fixture is a forwarding HTTP proxy on 127.0.0.1 that records every request passing through
 it (``Proxy.seen``); it answers 502 for a host it cannot reach.
 
-``Backend.kill()`` stops the server the hard way: the listening socket is closed (new connections are
-refused) and open connections are shut down; it returns once every server thread has ended.
+`Backend` and `Proxy` are `zklb.testing.HTTPBackend` servers with these routes: ``Backend.kill()`` stops
+one the hard way (the listening socket is closed, so new connections are refused, and open connections
+are shut down) and returns once every server thread has ended.
 
 Test modules import the names below for annotations only (``if TYPE_CHECKING:``), as
 ``tests.transports.conftest``; at run time they reach everything through the fixtures. The fault suite
@@ -24,21 +25,18 @@ Test modules import the names below for annotations only (``if TYPE_CHECKING:``)
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from zklb.balancer import LoadBalancer
+from zklb.testing import HTTPBackend, HTTPBackendHandler
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,70 +49,22 @@ class Hit:
     body: bytes
 
 
-class _TrackedServer(ThreadingHTTPServer):
-    """A threaded HTTP server on 127.0.0.1 (a free port, or ``port``) that can cut its open connections."""
+class _Handler(HTTPBackendHandler):
+    """The routes listed at the top of this module (HTTP/1.1 keep-alive; /stream flushes itself)."""
 
-    # Handler threads are joined by server_close(), so a test leaves no thread behind.
-    daemon_threads = False
-    block_on_close = True
-    # Many concurrent connects (the async test) must not overflow the backlog (a 1 s SYN retry).
-    request_queue_size = 128
+    @property
+    def backend(self) -> Backend:
+        backend = super().backend
+        assert isinstance(backend, Backend)
+        return backend
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler], port: int = 0) -> None:
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", port), handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def drop_connections(self) -> None:
-        with self._connections_lock:
-            connections = list(self._connections)
-        for sock in connections:
-            with contextlib.suppress(OSError):  # already closed by the client
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a dropped connection mid-response is what the kill tests are about, not news
-
-
-class _Server(_TrackedServer):
-    def __init__(self, backend: Backend, port: int = 0) -> None:
-        self.backend = backend
-        super().__init__(_Handler, port)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as real services
-    # A small response leaves in one write, as from most real servers (http.server's default, unbuffered,
-    # writes headers and body apart, which also stalls on Nagle + delayed ACKs); /stream flushes itself.
-    wbufsize = -1
-    disable_nagle_algorithm = True
-    timeout = 10  # an idle keep-alive connection does not hold a thread for ever
-    server: _Server
-
-    def setup(self) -> None:
-        self.server.backend.record_thread(threading.current_thread())
-        super().setup()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
         self._handle()
 
     do_HEAD = do_POST = do_PUT = do_DELETE = do_OPTIONS = do_GET  # noqa: N815 - http.server's names
 
     def _handle(self) -> None:
-        backend = self.server.backend
+        backend = self.backend
         length = int(self.headers.get("Content-Length") or 0)
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             body = self._read_chunked()
@@ -165,7 +115,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Backend", self.server.backend.name)
+        self.send_header("X-Backend", self.backend.name)
         if location is not None:
             self.send_header("Location", location)
         if cookie is not None:
@@ -185,43 +135,25 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(backend.STREAM_TAIL)
 
 
-class Backend:
+class Backend(HTTPBackend):
     """One HTTP server on 127.0.0.1 with a free port (or ``port``, to bring a killed one back at its
-    address), serving from its own threads until killed."""
+    address), serving the routes above from its own threads until killed."""
 
     STREAM_HEAD = b"first-chunk;"  # what /stream sends at once
     STREAM_TAIL = b"second-chunk"  # and after ``release`` is set
 
     def __init__(self, name: str, port: int = 0) -> None:
-        self.name = name
         self.status = 200
         self.release = threading.Event()  # lets /stream responses finish
         self.instance_id = ""  # set when registered
         self._hits: list[Hit] = []
-        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._server = _Server(self, port)
-        self.port: int = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"backend-{name}"
-        )
-        self._thread.start()
-        self._killed = False
+        super().__init__(_Handler, port=port, name=name)
+        self.start()
 
     def record(self, hit: Hit) -> None:
         with self._lock:
             self._hits.append(hit)
-
-    def record_thread(self, thread: threading.Thread) -> None:
-        with self._lock:
-            self._threads.append(thread)
-
-    @property
-    def threads(self) -> list[threading.Thread]:
-        """Every thread this backend has run: its accept loop and one per connection."""
-        with self._lock:
-            return [self._thread, *self._threads]
 
     @property
     def hits(self) -> list[Hit]:
@@ -235,22 +167,8 @@ class Backend:
         with self._lock:
             return len(self._hits)
 
-    def kill(self) -> None:
-        """Refuse new connections, cut open ones, and wait for every server thread to end."""
-        if self._killed:
-            return
-        self._killed = True
-        self._server.shutdown()  # the accept loop ends...
-        self._thread.join()
-        self._server.socket.close()  # ...and connecting is refused from here on
-        self.release.set()
-        self._server.drop_connections()
-        self._server.server_close()  # joins the handler threads
-        left = [t.name for t in self.threads if t.is_alive()]
-        assert not left, f"{self} left threads running: {left}"
-
-    def __repr__(self) -> str:
-        return f"<Backend {self.name} {self.url}>"
+    def on_kill(self) -> None:
+        self.release.set()  # a stalled or streaming request never holds up the kill
 
 
 class Backends(list[Backend]):
@@ -273,18 +191,10 @@ class Proxied:
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer"}
 
 
-class _ProxyHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    wbufsize = -1
-    disable_nagle_algorithm = True
-    timeout = 10
-    server: _ProxyServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        proxy = self.server.proxy
+class _ProxyHandler(HTTPBackendHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        proxy = self.backend
+        assert isinstance(proxy, Proxy)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         proxy.record(Proxied(self.command, self.path, dict(self.headers.items())))
@@ -317,25 +227,14 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     do_HEAD = do_POST = do_PUT = do_DELETE = do_OPTIONS = do_GET  # noqa: N815 - http.server's names
 
 
-class _ProxyServer(_TrackedServer):
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
-        super().__init__(_ProxyHandler)
-
-
-class Proxy:
+class Proxy(HTTPBackend):
     """A forwarding HTTP proxy on 127.0.0.1 that records every request that passes through it."""
 
     def __init__(self) -> None:
         self._seen: list[Proxied] = []
         self._lock = threading.Lock()
-        self._server = _ProxyServer(self)
-        self.port: int = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="proxy"
-        )
-        self._thread.start()
+        super().__init__(_ProxyHandler, name="proxy")
+        self.start()
 
     def record(self, proxied: Proxied) -> None:
         with self._lock:
@@ -349,10 +248,7 @@ class Proxy:
 
     def close(self) -> None:
         """Stop accepting, cut open connections and join every thread."""
-        self._server.shutdown()
-        self._thread.join()
-        self._server.drop_connections()
-        self._server.server_close()
+        self.kill()
 
 
 StartBackends = Callable[[int], Backends]

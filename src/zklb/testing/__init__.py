@@ -37,13 +37,18 @@ unclosed ensemble is garbage collected) are stopped and their directories
 removed.  A test runner killed with SIGKILL cannot clean up; the servers run
 in their own sessions and have to be killed by hand then.
 
+For the HTTP side of a failover test, `HTTPBackend` is a threaded HTTP/1.1 server on 127.0.0.1 with
+routes of the test's own (an `HTTPBackendHandler` subclass) that can be killed hard (connects refused,
+open connections cut, every thread joined) and started again at the same port.
+
 One concept per module: ``install`` (finding java and the jars), ``member`` (one server process, the
-four-letter words), ``ensemble``, ``helpers`` (``wait_until``, ``expire_session``) and ``errors``;
-everything public is imported from ``zklb.testing``.
+four-letter words), ``ensemble``, ``helpers`` (``wait_until``, ``expire_session``), ``backend``
+(``HTTPBackend``) and ``errors``; everything public is imported from ``zklb.testing``.
 """
 
 from __future__ import annotations
 
+from zklb.testing.backend import HTTPBackend, HTTPBackendHandler
 from zklb.testing.ensemble import ZooKeeperEnsemble
 from zklb.testing.errors import ZooKeeperNotInstalled, ZooKeeperStartError
 from zklb.testing.helpers import expire_session, wait_until
@@ -53,6 +58,8 @@ from zklb.testing.member import DEFAULT_JVM_FLAGS, ZooKeeperMember, four_letter_
 __all__ = [
     "DEFAULT_JVM_FLAGS",
     "INSTALL_HINT",
+    "HTTPBackend",
+    "HTTPBackendHandler",
     "ZooKeeperEnsemble",
     "ZooKeeperInstallation",
     "ZooKeeperMember",
