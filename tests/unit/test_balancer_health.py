@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 import pytest
+from tests.unit.conftest import FakeClock
 
 from zklb import (
     HealthPolicy,
@@ -19,19 +20,6 @@ from zklb import (
 )
 
 STRATEGIES = strategy_names()
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Boom(Exception):

@@ -6,23 +6,10 @@ import dataclasses
 import math
 
 import pytest
+from tests.unit.conftest import FakeClock
 
 from zklb import ConfigurationError, HealthPolicy, PoolStats
 from zklb.health import OutlierDetector
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
 
 # -- HealthPolicy -------------------------------------------------------------------------------------
 
