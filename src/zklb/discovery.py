@@ -80,6 +80,31 @@ class _Child:
     instance: ServiceInstance | None  # None: malformed or disabled, so not served
 
 
+class _Watches:
+    """The kazoo watch callbacks of one run of a watcher (from one start to its stop).
+
+    A run that stopped (a failed start, a close) may still have a sync in flight that sets watches;
+    that run's callbacks are its own objects, so taking them back can never touch the next run's.
+    """
+
+    __slots__ = ("generation", "watcher")
+
+    def __init__(self, watcher: ServiceWatcher, generation: int) -> None:
+        self.watcher = watcher
+        self.generation = generation
+
+    def on_children(self, event: WatchedEvent) -> None:
+        if self.generation == self.watcher._generation:
+            self.watcher._on_children(event)
+
+    def on_data(self, event: WatchedEvent) -> None:
+        if self.generation == self.watcher._generation:
+            self.watcher._on_data(event)
+
+    def drop(self, client: KazooClient, path: str) -> None:
+        drop_watches(client, path, (self.on_children, self.on_data))
+
+
 class ServiceWatcher:
     """Watches ``/<root>/<service>`` and publishes its live instances as `Membership` snapshots.
 
@@ -119,6 +144,7 @@ class ServiceWatcher:
         self._state_lock = threading.Lock()
         # Bumped each time the watcher stops following the client: tasks of an older run do nothing.
         self._generation = 0
+        self._watches = _Watches(self, 0)
         self._membership = Membership(service=self.service, version=0)
         self._children: dict[str, _Child] = {}
         self._listeners: list[_Subscriber] = []
@@ -254,9 +280,12 @@ class ServiceWatcher:
                 worker.detach(self._request_timeout)
                 raise ClosedError(f"watcher of {self.path} is closed")
             self._client, self._worker = client, worker
+            self._watches = _Watches(self, self._generation)
             self._state = _State.STARTED
             with self._lock:
-                self._children_dirty = True
+                # Read everything afresh: what an earlier, failed start read is not watched any more.
+                self._children = {}
+                self._children_dirty, self._rearm = True, True
             worker.subscribe(self._on_state)
             self._schedule(0.0)
 
@@ -264,7 +293,7 @@ class ServiceWatcher:
         """Undo `_follow`: no listener, timer, kazoo watch or worker use of this watcher remains."""
         with self._state_lock:
             self._generation += 1
-            worker, client = self._worker, self._client
+            worker, client, watches = self._worker, self._client, self._watches
             self._worker = None
             if reset and self._state is not _State.CLOSED:
                 self._state = _State.NEW
@@ -278,9 +307,10 @@ class ServiceWatcher:
         if worker is not None:
             worker.unsubscribe(self._on_state)
         if client is not None:
-            drop_watches(client, self.path, (self._on_children, self._on_data))
+            watches.drop(client, self.path)
         if worker is not None:
-            worker.detach(self._request_timeout)
+            # A failed start does not wait for a sync still running there: it is told to stop.
+            worker.detach(0.0 if reset else self._request_timeout)
         if reset:
             self._loaded.clear()
             self._handle.reset()
@@ -348,7 +378,8 @@ class ServiceWatcher:
         with self._lock:
             self._queued = False
         client = self._client
-        if generation != self._generation or self._state is not _State.STARTED or client is None:
+        watches = self._watches
+        if generation != watches.generation or self._state is not _State.STARTED or client is None:
             return
         if not client.connected:
             return  # the CONNECTED listener schedules the next sync
@@ -359,7 +390,7 @@ class ServiceWatcher:
         if not (children_dirty or rearm or data_dirty):
             return
         try:
-            self._sync(client, children_dirty or rearm, rearm, data_dirty)
+            self._sync(client, watches, children_dirty or rearm, rearm, data_dirty)
         except (KazooException, *TRANSIENT_ERRORS) as exc:
             # Keep the work for later; the last membership stays published meanwhile.
             log.info("membership sync of %s deferred: %r", self.path, exc)
@@ -374,28 +405,32 @@ class ServiceWatcher:
             log.exception("unexpected error syncing membership of %s", self.path)
         if generation != self._generation:
             # Stopped following while this sync ran: take back the watches it may have set.
-            drop_watches(client, self.path, (self._on_children, self._on_data))
+            watches.drop(client, self.path)
 
     def _read(self, count: int = 1) -> None:
         self._reads += count
 
-    def _sync(self, client: KazooClient, list_children: bool, rearm: bool, data_dirty: set[str]) -> None:
+    def _sync(
+        self, client: KazooClient, watches: _Watches, list_children: bool, rearm: bool, data_dirty: set[str]
+    ) -> None:
         known = self._children
         changed = False
         to_read: set[str] = set()
         if list_children:
-            current = set(self._list_children(client) or ())
+            current = set(self._list_children(client, watches) or ())
             removed = known.keys() - current
             if removed:
                 known = {name: child for name, child in known.items() if name in current}
                 changed = True
             to_read = current - known.keys()
             if rearm:
-                to_read |= self._moved_since_read(client, known)
+                to_read |= self._moved_since_read(client, watches, known)
         to_read |= data_dirty & known.keys()
         if to_read:
             known = dict(known)
-            changed |= self._read_children(client, to_read, known)
+            changed |= self._read_children(client, watches, to_read, known)
+        if watches.generation != self._generation:
+            return  # stopped following while reading: what was read belongs to no one now
         if changed:
             self._children = known
         if not (changed or self._held_since is not None or not self._loaded.is_set()):
@@ -445,7 +480,7 @@ class ServiceWatcher:
             self._children_dirty = True
         self._schedule(0.0)
 
-    def _list_children(self, client: KazooClient) -> list[str] | None:
+    def _list_children(self, client: KazooClient, watches: _Watches) -> list[str] | None:
         """The children of the service path, with a watch; None (and an exists watch) if it is absent."""
         timeout = self._request_timeout
         path = self.path
@@ -453,7 +488,7 @@ class ServiceWatcher:
             try:
                 self._read()
                 names: list[str] = bounded_retry(
-                    lambda: client.get_children_async(path, watch=self._on_children).get(timeout=timeout),
+                    lambda: client.get_children_async(path, watch=watches.on_children).get(timeout=timeout),
                     deadline=timeout,
                 )
                 return names
@@ -461,16 +496,16 @@ class ServiceWatcher:
                 pass
             self._read()
             stat = bounded_retry(
-                lambda: client.exists_async(path, watch=self._on_data).get(timeout=timeout),
+                lambda: client.exists_async(path, watch=watches.on_data).get(timeout=timeout),
                 deadline=timeout,
             )
             if stat is None:
                 return None
             # Created between the two calls: list it now.
 
-    def _moved_since_read(self, client: KazooClient, known: dict[str, _Child]) -> set[str]:
+    def _moved_since_read(self, client: KazooClient, watches: _Watches, known: dict[str, _Child]) -> set[str]:
         """Re-arm data watches on every known child; return those whose data moved while unwatched."""
-        pending = {name: client.exists_async(f"{self.path}/{name}", watch=self._on_data) for name in known}
+        pending = {name: client.exists_async(f"{self.path}/{name}", watch=watches.on_data) for name in known}
         self._read(len(pending))
         moved = set()
         for name, result in pending.items():
@@ -479,11 +514,13 @@ class ServiceWatcher:
                 moved.add(name)
         return moved
 
-    def _read_children(self, client: KazooClient, names: set[str], known: dict[str, _Child]) -> bool:
+    def _read_children(
+        self, client: KazooClient, watches: _Watches, names: set[str], known: dict[str, _Child]
+    ) -> bool:
         """Read ``names`` pipelined (one get_async each, re-arming data watches) into ``known``."""
         # Sorted, so that `known` stays nearly in id order and each snapshot's sort is close to O(n).
         pending: dict[str, Any] = {
-            name: client.get_async(f"{self.path}/{name}", watch=self._on_data) for name in sorted(names)
+            name: client.get_async(f"{self.path}/{name}", watch=watches.on_data) for name in sorted(names)
         }
         self._read(len(pending))
         changed = False

@@ -11,7 +11,7 @@ import time
 import pytest
 from kazoo.client import KazooClient
 
-from zklb import Membership, Registry, ServiceWatcher
+from zklb import Membership, Registry, RegistryError, ServiceWatcher
 from zklb.codecs.curator import CuratorCodec
 from zklb.instance import ServiceInstance
 from zklb.testing import ZooKeeperEnsemble, expire_session, wait_until
@@ -276,3 +276,33 @@ def test_a_resync_after_reconnect_waits_its_random_delay(
     finally:
         client.stop()
         client.close()
+
+
+def test_a_watcher_restarted_after_a_failed_start_still_sees_data_changes(
+    zk: KazooClient, service: str
+) -> None:
+    # A first start that gives up while its load is still being read; the load must not leak into the
+    # next start, which would then think every child known (and so watch none of them).
+    path = f"/services/{service}"
+    codec = CuratorCodec()
+    zk.create(path, makepath=True)
+    pending = [
+        zk.create_async(
+            f"{path}/n{i:05d}",
+            codec.encode(service, ServiceInstance.parse(f"http://10.1.{i // 250}.{i % 250 + 1}:80")),
+        )
+        for i in range(4000)
+    ]
+    for result in pending:
+        result.get(timeout=30)
+    watcher = ServiceWatcher(zk, service)
+    try:
+        with pytest.raises(RegistryError):
+            watcher.start(timeout=0.01)
+        watcher.start(timeout=60)
+        assert len(watcher.membership) == 4000
+        changed = ServiceInstance.parse("http://10.9.9.9:80", id="n00007", weight=7)
+        zk.set(f"{path}/n00007", codec.encode(service, changed))
+        assert watcher.wait_for(lambda m: m.by_id["n00007"].weight == 7, 10)
+    finally:
+        watcher.close()
