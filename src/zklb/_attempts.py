@@ -105,6 +105,7 @@ class Attempts(Generic[R]):
     __slots__ = (
         "_clock",
         "_deadline",
+        "_errored",
         "_free",
         "_gave_up",
         "_hooks",
@@ -136,9 +137,11 @@ class Attempts(Generic[R]):
         self._stale: R | None = None  # a retryable response to close once the retry has a server
         self._retrying_now = False  # holding a retry reservation in the budget
         self._gave_up = False
-        # The last attempt reached no server, so its retry is no extra load on any: the retry budget,
-        # which exists to stop retries from multiplying the load, does not hold it back.
+        # The last attempt reached no server, or its server has just been ejected: its retry is no
+        # extra load on a live one, so the retry budget (which exists to stop retries from multiplying
+        # the load) does not hold it back.
         self._free = False
+        self._errored = False  # the last attempt raised (rather than returned a retryable status)
         # The deadline holds even when this request may not be retried: its one attempt is then the
         # last, and its timeout is cut all the same.
         self._deadline: float | None = None
@@ -269,7 +272,7 @@ class Attempts(Generic[R]):
         assert self._policy is not None
         if self.time_left() == 0.0:  # the wait ran late: no attempt starts after the deadline
             return None
-        if not self._free:
+        if not (self._free or self._left_for_dead()):
             if not self._policy.budget.try_begin_retry():
                 return None
             self._retrying_now = True
@@ -332,12 +335,19 @@ class Attempts(Generic[R]):
             return False
         outcome = state.outcome
         assert outcome is not None
+        self._errored = outcome.failed
         if outcome.failed:
             error = outcome.exception()
             self._free = error is not None and self._hooks.unsent(error)
             return self._retries_error(error)
         self._free = False
         return self._retries_response(outcome.result())
+
+    def _left_for_dead(self) -> bool:
+        # Retrying away from an instance passive health has just ejected is failover, not a retry
+        # storm: the budget still bounds retries when failures are spread over the pool, where at
+        # most the ejection cap's share can be ejected.
+        return bool(self._tried) and self._lb._is_ejected(self._tried[-1].id)
 
     def _stop(self, state: RetryCallState) -> bool:
         # Checked before sleeping, so that a retry with no server or no budget left costs no wait.
@@ -350,7 +360,10 @@ class Attempts(Generic[R]):
         # (upcoming_sleep is set before stop is asked since tenacity 8.3; older ones give no wait.)
         if deadline is not None and self._clock() + getattr(state, "upcoming_sleep", 0.0) >= deadline:
             return True
-        if not self._free and not self._policy.budget.can_retry():
+        # After an error, the budget is asked only after the wait (in _next_lease): a server that
+        # has just died is ejected within its first few failures, and the retries away from it are
+        # then free. A retryable status is no such sign, so there the budget can stop before waiting.
+        if not self._free and not self._errored and not self._policy.budget.can_retry():
             return True
         return not self._lb.has_server(exclude=self._tried)
 

@@ -270,6 +270,11 @@ class Pool:
     def _connection(self) -> Connection:
         return "static"
 
+    def _is_ejected(self, key: str) -> bool:
+        """Whether passive health has ejected instance ``key`` (for the retry loop's budget)."""
+        health = self._health
+        return health is not None and key in health.ejected
+
     def _is_closed(self) -> bool:
         return self._state is State.CLOSED
 

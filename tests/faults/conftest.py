@@ -330,10 +330,13 @@ class HttpLoad:
         lb: LoadBalancer,
         threads: int = 6,
         total: int | None = None,
+        *,
         deadline: float = 60.0,
         via: str = "httpx",
+        path: str = "/",
     ) -> None:
         self.lb = lb
+        self._path = path
         self.sent = 0
         self.ok = 0
         self.failures: list[str] = []
@@ -363,7 +366,7 @@ class HttpLoad:
             return True
 
     def _run(self) -> None:
-        url = f"http://{self.lb.service}/"
+        url = f"http://{self.lb.service}{self._path}"
         if self._via == "httpx":
             get: Callable[[], int] = lambda: self._httpx.get(url).status_code  # noqa: E731
             session = None

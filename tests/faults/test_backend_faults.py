@@ -19,14 +19,26 @@ DEFAULT_CONSECUTIVE_FAILURES = 5  # HealthPolicy's documented default
 
 
 @pytest.mark.parametrize("via", ["httpx", "requests"])
-def test_killed_backend_under_load_loses_no_get_and_is_ejected(
-    backends: StartBackends, http_lb: MakeLb, via: str, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("workers", "path", "total"),
+    # Fast requests, and slow ones with more callers: then a dozen requests are on the victim when it
+    # dies, all failing at once, more than the retry budget's minimum of 3 concurrent retries.
+    [(6, "/", 300), (24, "/slow?seconds=0.1", 480)],
+    ids=["6-fast", "24-slow"],
+)
+def test_killed_backend_under_load_loses_no_get_and_is_ejected(  # noqa: PLR0917 - fixtures
+    backends: StartBackends,
+    http_lb: MakeLb,
+    via: str,
+    workers: int,
+    path: str,
+    total: int,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     servers = backends(3)
     lb = http_lb(servers)  # the default health policy, and the transports' default settings
     victim = servers[0]
-    total, workers = 300, 6
-    with HttpLoad(lb, threads=workers, total=total, via=via) as load:
+    with HttpLoad(lb, threads=workers, total=total, via=via, path=path) as load:
         wait_until(lambda: load.done() >= total // 3, 30, "a third of the GETs")
         victim.kill()
         load.wait(60)
@@ -34,8 +46,9 @@ def test_killed_backend_under_load_loses_no_get_and_is_ejected(
     dead = stats[victim.instance_id]
     with capsys.disabled():
         print(
-            f"\n[{via}, killed backend] {total} GETs, {len(load.failures)} failed; served per backend "
-            f"{servers.counts()}; failed attempts on the killed one: {dead.failures}; {dead}"
+            f"\n[{via}, {workers} callers, killed backend] {total} GETs, {len(load.failures)} failed; "
+            f"served per backend {servers.counts()}; failed attempts on the killed one: {dead.failures}; "
+            f"{dead}"
         )
     assert load.failures == [], load.failures[:5]
     assert load.done() == total
