@@ -244,10 +244,10 @@ class LoadBalancer(Pool):
             with self._start_lock:
                 if self._is_closed():  # re-read: close() may have run meanwhile
                     raise ClosedError(f"load balancer for {self.service!r} was closed while starting")
-                self._state = State.STARTED
+                with self._lock:  # started and its pick function installed in one step
+                    self._state = State.STARTED
+                    self._refresh_locked()
                 self._starting = None
-            with self._lock:
-                self._refresh_locked()
         except BaseException:
             if watcher is not None:
                 watcher.close()
@@ -354,7 +354,15 @@ class LoadBalancer(Pool):
     def _start_then_pick(self) -> ServiceInstance:
         # Installed as the pick function until the first start, so the hot path never checks state.
         self._ensure_started()
-        return self._pick()
+        pick = self._pick
+        if pick == self._start_then_pick:
+            # Started, but read between the state and the pick function it comes with (both are set in
+            # one locked section): the lock gives both, and a missing one must not recurse.
+            with self._lock:
+                pick = self._pick
+            if pick == self._start_then_pick:
+                raise NoServerAvailable(self.service, self.root, "the balancer is starting")
+        return pick()
 
     def __repr__(self) -> str:
         m = self._membership

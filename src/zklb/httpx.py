@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterator
 
 from zklb._attempts import Attempts, ClientHooks, end_lease
 from zklb.balancer import Lease, LoadBalancer
-from zklb.errors import NoServerAvailable
+from zklb.errors import NoServerAvailable, RegistryError
 from zklb.instance import DEFAULT_PORTS, ServiceInstance
 from zklb.retry import RetryPolicy, is_failure_status, resolve_policy
 
@@ -393,7 +393,11 @@ class AsyncLoadBalancedTransport(httpx.AsyncBaseTransport):
             return await self._transport.handle_async_request(request)
         lb = self._core.lb
         if not lb.started:
-            await lb.astart()  # a first request must not block the event loop while ZooKeeper answers
+            try:
+                await lb.astart()  # a first request must not block the event loop while ZooKeeper answers
+            except RegistryError as exc:  # as the sync transport says it: no server, a ConnectError
+                reason = f"the balancer could not start: {exc}"
+                raise _no_server(NoServerAvailable(lb.service, lb.root, reason), request) from exc
         attempts = self._core.attempts(request)
         try:
             return await attempts.arun(functools.partial(self._send, request, attempts))
