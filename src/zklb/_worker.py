@@ -63,6 +63,8 @@ class ClientWorker:
         self._listeners: list[StateListener] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
+        # Registration path -> the registry holding it: registries sharing a client share its session.
+        self._claims: dict[str, object] = {}
 
     # -- users ------------------------------------------------------------------------------------------
 
@@ -113,6 +115,26 @@ class ClientWorker:
     def on_worker_thread(self) -> bool:
         """True when called from this worker's thread."""
         return threading.current_thread() is self._thread
+
+    # -- registration paths ----------------------------------------------------------------------------
+
+    def claim(self, path: str, owner: object) -> bool:
+        """Record ``owner`` as holding ``path``; False if another owner already does."""
+        with self._cond:
+            holder = self._claims.setdefault(path, owner)
+            return holder is owner
+
+    def release(self, path: str, owner: object) -> None:
+        """``owner`` no longer holds ``path`` (nothing happens if it did not)."""
+        with self._cond:
+            if self._claims.get(path) is owner:
+                del self._claims[path]
+
+    def release_all(self, owner: object) -> None:
+        """``owner`` holds no path any more."""
+        with self._cond:
+            for path in [p for p, holder in self._claims.items() if holder is owner]:
+                del self._claims[path]
 
     # -- connection state -------------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ __all__ = [
     "check_timeout",
     "connection_state",
     "drop_watches",
+    "is_stopped",
     "join_path",
     "session_id",
 ]
@@ -93,6 +94,12 @@ def session_id(client: KazooClient) -> int | None:
     """
     ident = client.client_id
     return None if ident is None else int(ident[0])
+
+
+def is_stopped(client: KazooClient) -> bool:
+    """True when the client is not running: never started, or stopped by its owner (its session over)."""
+    stopped = getattr(client, "_stopped", None)
+    return bool(stopped is not None and stopped.is_set())
 
 
 def connection_state(client: KazooClient | None) -> Connection:

@@ -37,6 +37,7 @@ from typing import Self
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
+from kazoo.protocol.states import EventType, WatchedEvent
 
 from zklb._worker import ClientWorker, Timer
 from zklb._zk import (
@@ -46,6 +47,8 @@ from zklb._zk import (
     check_root,
     check_service,
     check_timeout,
+    drop_watches,
+    is_stopped,
     join_path,
     session_id,
 )
@@ -86,6 +89,7 @@ class Registration:
         self._applied: tuple[int, bytes] | None = None
         self._error: str | None = None  # why the last pass could not confirm it, for RegistryError
         self._closing = threading.Event()
+        self._lock = threading.Lock()
 
     @property
     def instance(self) -> ServiceInstance:
@@ -115,17 +119,7 @@ class Registration:
         (default: the registry's request timeout) for ZooKeeper to hold the new data and returns True;
         if it is unreachable, returns False and the data is written as soon as the session is back.
         """
-        if self.closed:
-            raise ClosedError(f"registration {self.path} is closed")
-        current = self._instance
-        updated = dataclasses.replace(
-            current,
-            weight=current.weight if weight is None else check_weight(weight),
-            metadata=current.metadata if metadata is None else metadata,
-        )
-        data = self._registry.codec.encode(self.service, updated)
-        self._instance, self._data = updated, data
-        return self._registry._apply(self, timeout)
+        return self._change(weight, lambda current: current if metadata is None else metadata, timeout)
 
     def drain(self, *, timeout: float | None = None) -> bool:
         """Take the instance out of rotation without deregistering it: new requests stop, in-flight ones end.
@@ -134,9 +128,26 @@ class Registration:
         Zookeeper's clients honour too); zklb balancers stop picking it and count it as draining.
         Returns as `update` does.
         """
-        return self.update(
-            metadata={**self._instance.metadata, "instance_status": DRAINING_STATUS}, timeout=timeout
-        )
+        return self._change(None, lambda current: {**current, "instance_status": DRAINING_STATUS}, timeout)
+
+    def _change(
+        self,
+        weight: int | None,
+        metadata: Callable[[Mapping[str, str]], Mapping[str, str]],
+        timeout: float | None,
+    ) -> bool:
+        if self.closed:
+            raise ClosedError(f"registration {self.path} is closed")
+        with self._lock:  # read, modify, write: concurrent update() and drain() both land
+            current = self._instance
+            updated = dataclasses.replace(
+                current,
+                weight=current.weight if weight is None else check_weight(weight),
+                metadata=metadata(current.metadata),
+            )
+            data = self._registry.codec.encode(self.service, updated)
+            self._instance, self._data = updated, data
+        return self._registry._apply(self, timeout)
 
     def close(self, drain: float = 0.0) -> None:
         """Delete the znode and stop maintaining it. Idempotent.
@@ -237,6 +248,13 @@ class Registry:
                 raise ClosedError("registry is closed")
             if registration.path in self._desired:
                 raise RegistryError(f"{registration.path} is already registered by this registry")
+            worker = self._worker
+            # Two registries on one client share its session, so ZooKeeper cannot tell their znodes
+            # apart: the client's worker keeps who holds each path.
+            if worker is not None and not worker.claim(registration.path, self):
+                raise RegistryError(
+                    f"{registration.path} is already registered by another Registry on this kazoo client"
+                )
             self._desired[registration.path] = registration
             self._tombstones.pop(registration.path, None)
         self._schedule(0.0)
@@ -283,7 +301,12 @@ class Registry:
         if self._worker is None:
             self._handle.close()
             return
-        if self._handle.owned:
+        client = self._client
+        if self._handle.owned or (client is not None and is_stopped(client)):
+            # An owned client is stopped now, and a borrowed one its owner stopped: either way the
+            # session has ended (or is ending), and with it every ephemeral znode it held.
+            with self._cond:
+                self._tombstones.clear()
             self._retire()
             self._handle.close()
             return
@@ -348,7 +371,11 @@ class Registry:
             timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
+        client = self._client
+        if client is not None:
+            drop_watches(client, self.root, (self._on_znode,))
         if worker is not None:
+            worker.release_all(self)
             worker.unsubscribe(self._on_state)
             worker.detach(self._request_timeout)
 
@@ -377,6 +404,11 @@ class Registry:
         # On kazoo's thread: schedule only. Every reconnect re-checks the znodes (after an expiry they
         # are gone and must be re-created; after a plain reconnect, queued requests may have landed).
         if state == KazooState.CONNECTED:
+            with self._cond:
+                # kazoo dropped our watches with the connection: look at every znode again (one read
+                # each), which re-arms them and puts back any that went while we could not see.
+                for registration in self._desired.values():
+                    registration._applied = None
             self._schedule(0.0)
         elif state == KazooState.LOST and self._closed:
             with self._cond:
@@ -385,6 +417,17 @@ class Registry:
             worker = self._worker
             if worker is not None:
                 worker.call_soon(self._retire)
+
+    def _on_znode(self, event: WatchedEvent) -> None:
+        # On kazoo's thread: a registration's znode (or a foreign one in its way) changed or went.
+        if event.type == EventType.NONE:
+            return
+        with self._cond:
+            registration = self._desired.get(event.path)
+            if registration is None:
+                return
+            registration._applied = None
+        self._schedule(0.0)
 
     def _schedule(self, delay: float) -> None:
         worker = self._worker
@@ -418,6 +461,8 @@ class Registry:
             # Tombstones of an earlier session are moot: that session's znodes died with it.
             for path in [p for p, s in self._tombstones.items() if s is not None and s != session]:
                 del self._tombstones[path]
+                if path not in self._desired and self._worker is not None:
+                    self._worker.release(path, self)
             tombstones = list(self._tombstones)
             pending = [r for r in self._desired.values() if r._applied != (session, r._data)]
         ok = True
@@ -425,7 +470,7 @@ class Registry:
             ok &= self._attempt(path, functools.partial(self._delete_if_ours, client, session, path), None)
         for registration in pending:
             data = registration._data
-            ensure = functools.partial(self._ensure, client, session, registration.path, data)
+            ensure = functools.partial(self._ensure, client, session, registration, data)
             done = self._attempt(registration.path, ensure, registration)
             if done:
                 with self._cond:
@@ -460,29 +505,36 @@ class Registry:
             registration._error = error
         return False
 
-    def _ensure(self, client: KazooClient, session: int, path: str, data: bytes) -> None:
-        """Make ``path`` exist, owned by ``session``, holding ``data``."""
+    def _ensure(self, client: KazooClient, session: int, registration: Registration, data: bytes) -> None:
+        """Make the registration's znode exist, owned by ``session``, holding ``data`` (and watched)."""
         timeout = self._request_timeout
-        for _ in range(3):  # a znode that comes and goes between our calls: look again
+        path = registration.path
+        for _ in range(4):  # read, write (create or set), read back; once more if it raced another writer
             try:
-                current, stat = client.get_async(path).get(timeout=timeout)
+                current, stat = client.get_async(path, watch=self._on_znode).get(timeout=timeout)
             except NoNodeError:
+                if not self._still_desired(registration):
+                    return  # given up or closed while this pass was waiting: create nothing
                 try:
                     client.create_async(path, data, ephemeral=True, makepath=True).get(timeout=timeout)
                     self._conflicts.pop(path, None)
-                    return
+                    continue  # read it back: that arms the watch on our own znode
                 except NodeExistsError:
                     continue
             if stat.ephemeralOwner != session:
-                self._conflict(path, stat.ephemeralOwner, session)
-            if current == data:
+                self._conflict(path, stat.ephemeralOwner, session)  # watched: its deletion wakes us
+            if current == data or not self._still_desired(registration):
                 return
             try:
                 client.set_async(path, data, version=stat.version).get(timeout=timeout)
-                return
             except (BadVersionError, NoNodeError):
-                continue
+                pass
+            # Read it back either way: the write fired (used up) the watch the first read set.
         raise RegistryError(f"{path} kept changing while being registered")
+
+    def _still_desired(self, registration: Registration) -> bool:
+        with self._cond:
+            return self._desired.get(registration.path) is registration
 
     def _conflict(self, path: str, owner: int, session: int) -> None:
         message = (
@@ -505,6 +557,9 @@ class Registry:
         with self._cond:
             if self._tombstones.get(path, session) in (None, session):
                 self._tombstones.pop(path, None)
+                worker = self._worker
+                if worker is not None and path not in self._desired:
+                    worker.release(path, self)
 
 
 class _Conflict(Exception):

@@ -10,6 +10,9 @@ outage shorter than its timeout, so a znode that disappears was deleted, not exp
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -217,3 +220,102 @@ def test_a_znode_of_our_id_owned_by_another_live_session_is_never_deleted(
         assert decoded_urls(survivor_zk, service) == ["http://127.0.0.1:1"]
     finally:
         registry.close()
+
+
+def test_a_register_that_gave_up_while_zookeeper_was_frozen_never_shows_its_znode(service: str) -> None:
+    # ZooKeeper frozen (SIGSTOP): the connection stays up, requests just get no answer. register()
+    # gives up while a reconcile pass waits on a read; when ZooKeeper thaws, that pass must not go on
+    # to create the znode it was about to create (other balancers would serve it, however briefly).
+    with ZooKeeperEnsemble(size=1) as frozen_zk:
+        member = frozen_zk.members[0]
+        assert member.pid is not None
+        client = KazooClient(hosts=frozen_zk.hosts, timeout=30.0)
+        client.start(timeout=30)
+        observer = KazooClient(hosts=frozen_zk.hosts, timeout=30.0)
+        observer.start(timeout=30)
+        created: list[str] = []
+        # An exists watch fires on the create itself, however soon the znode is deleted again.
+        observer.exists(f"/services/{service}/gave-up", watch=lambda event: created.append(event.type))
+        try:
+            with ServiceWatcher(frozen_zk.hosts, service) as watcher, Registry(client) as registry:
+                os.kill(member.pid, signal.SIGSTOP)
+                try:
+                    with pytest.raises(RegistryError):
+                        registry.register(service, "http://10.0.0.1:80", id="gave-up", timeout=1.0)
+                finally:
+                    os.kill(member.pid, signal.SIGCONT)
+                # Passes run one at a time: once a later registration is confirmed, the one that was
+                # waiting on the frozen read has finished.
+                registry.register(service, "http://10.0.0.2:80", id="later")
+                assert watcher.wait_for(lambda m: "later" in m.by_id, 10)
+                client.sync(f"/services/{service}")
+                assert client.exists(f"/services/{service}/gave-up") is None
+                observer.sync(f"/services/{service}")
+                assert created == []
+        finally:
+            for kazoo_client in (client, observer):
+                kazoo_client.stop()
+                kazoo_client.close()
+
+
+def test_a_registration_deleted_by_someone_else_is_put_back(zk: KazooClient, service: str) -> None:
+    with Registry(zk, request_timeout=5.0) as registry:
+        reg = registry.register(service, "http://10.0.0.3:80", weight=3)
+        zk.delete(reg.path)  # an operator's mistake, a cleanup script: the service is still up
+        wait_until(lambda: zk.exists(reg.path) is not None, 10, "the znode put back")
+        assert decoded_urls(zk, service) == ["http://10.0.0.3:80"]
+
+
+def test_two_registries_on_one_client_cannot_hold_the_same_path(zk: KazooClient, service: str) -> None:
+    first, second = Registry(zk), Registry(zk)
+    try:
+        first.register(service, "http://10.0.0.4:9000", id="same")
+        # Same session, so ZooKeeper would take either for the owner: the second would overwrite the
+        # first's data, and the first's close() would delete the second's registration.
+        with pytest.raises(RegistryError, match="another Registry"):
+            second.register(service, "http://10.0.0.4:9001", id="same")
+        assert decoded_urls(zk, service) == ["http://10.0.0.4:9000"]
+        first.close()
+        second.register(service, "http://10.0.0.4:9001", id="same")  # free once the first let go
+        assert decoded_urls(zk, service) == ["http://10.0.0.4:9001"]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_closing_after_the_borrowed_client_was_stopped_is_prompt_and_leaves_no_thread(
+    zk_hosts: str, service: str
+) -> None:
+    client = KazooClient(hosts=zk_hosts)
+    client.start(timeout=30)
+    registry = Registry(client, request_timeout=20.0)
+    registry.register(service, "http://10.0.0.5:80")
+    worker_name = f"zklb-worker-{id(client):x}"
+    assert any(t.name == worker_name for t in threading.enumerate())
+    client.stop()  # its owner stopped it: the session, and the znode, are gone
+    started = time.monotonic()
+    registry.close()
+    assert time.monotonic() - started < 20.0 / 2  # nothing left to wait for, not a request timeout
+    wait_until(lambda: all(t.name != worker_name for t in threading.enumerate()), 10, "the worker to end")
+    client.close()
+
+
+def test_concurrent_update_and_drain_both_land(zk: KazooClient, service: str) -> None:
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so that an unguarded read-modify-write races
+    try:
+        with Registry(zk) as registry:
+            for round_ in range(20):
+                reg = registry.register(service, f"http://10.0.1.{round_ + 1}:80")
+                threads = [
+                    threading.Thread(target=reg.update, kwargs={"weight": 7}),
+                    threading.Thread(target=reg.drain),
+                ]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join(30)
+                assert (reg.instance.weight, reg.instance.draining) == (7, True), round_
+                reg.close()
+    finally:
+        sys.setswitchinterval(old_interval)
