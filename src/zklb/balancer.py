@@ -171,10 +171,15 @@ class LoadBalancer(Pool):
         # The watcher first: it must not see (and report) this balancer's own registrations leaving.
         if self._watcher is not None:
             self._watcher.close()
-        if self._registry is not None:
-            self._registry.close()
-        if self._handle is not None:
-            self._handle.close()
+        handle, registry = self._handle, self._registry
+        if handle is not None and handle.owned:
+            # Stopping an owned client ends its session, which removes our znodes at once, even while
+            # ZooKeeper is away; the registry then has nothing left to wait for.
+            handle.close()
+        if registry is not None:
+            registry.close()
+        if handle is not None:
+            handle.close()
 
     def __enter__(self) -> Self:
         return self.start()

@@ -255,3 +255,15 @@ def test_fifty_balancers_on_one_client_cost_bounded_threads_and_leave_nothing(
         finally:
             client.stop()
             client.close()
+
+
+def test_closing_a_balancer_that_registered_servers_is_prompt_while_zookeeper_is_down(service: str) -> None:
+    with ZooKeeperEnsemble(size=1) as standalone:
+        lb = LoadBalancer(standalone.hosts, service, request_timeout=20.0).start()
+        lb.add_server("http://10.0.0.1:80")
+        standalone.stop_all()
+        started = time.monotonic()
+        lb.close()  # its own client: stopping it ends the session, nothing to wait for
+        assert time.monotonic() - started < 20.0 / 2
+        with pytest.raises(ClosedError):
+            lb.get_server()
