@@ -24,7 +24,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from zklb.errors import ClosedError, ConfigurationError, RegistryError
+from zklb.errors import ClosedError, ConfigurationError, RegistryError, ZklbError
 from zklb.health import Connection
 
 __all__ = [
@@ -168,7 +168,8 @@ class ClientHandle:
         else:
             raise TypeError(f"expected a hosts string or a kazoo KazooClient, got {type(client).__name__}")
         self._session_timeout = session_timeout
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # never held while connecting
+        self._connecting: _Connect | None = None
         self._closed = False
 
     @property
@@ -177,30 +178,62 @@ class ClientHandle:
         return self._hosts is not None
 
     def get(self, timeout: float = DEFAULT_REQUEST_TIMEOUT) -> KazooClient:
-        """The client, created and connected first if zklb owns it and has not yet."""
+        """The client, created and connected first if zklb owns it and has not yet.
+
+        Callers arriving while a connect is in progress wait for that one attempt (each at most its own
+        ``timeout``) rather than queue for attempts of their own; ``close()`` never waits for it.
+        """
         with self._lock:
             if self._closed:
                 raise ClosedError("this zklb component was closed; create a new one")
             if self._client is not None:
                 return self._client
             assert self._hosts is not None
-            client = KazooClient(
-                hosts=self._hosts,
-                timeout=self._session_timeout,
-                # Keep reconnecting forever (the point is to survive outages), but never let one
-                # command block for ever: commands go through bounded_retry instead.
-                connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=1.0),
-                command_retry=KazooRetry(max_tries=0),
+            attempt = self._connecting
+            mine = attempt is None
+            if attempt is None:
+                attempt = self._connecting = _Connect(self._new_client())
+        if not mine:
+            return self._join(attempt, timeout)
+        client = attempt.client
+        try:
+            client.start(timeout=timeout)
+        except Exception as exc:
+            _stop_quietly(client)
+            error = RegistryError(
+                f"could not connect to ZooKeeper at {self._hosts} within {timeout:g} s: {exc}"
             )
-            try:
-                client.start(timeout=timeout)
-            except Exception as exc:
-                _stop_quietly(client)
-                raise RegistryError(
-                    f"could not connect to ZooKeeper at {self._hosts} within {timeout:g} s: {exc}"
-                ) from exc
-            self._client = client
-            return client
+            with self._lock:
+                self._connecting = None
+                attempt.finish(error)
+            raise error from exc
+        with self._lock:
+            self._connecting = None
+            closed = self._closed
+            if not closed:
+                self._client = client
+            attempt.finish(ClosedError("closed while connecting") if closed else None)
+        if closed:  # close() ran meanwhile: this client is nobody's
+            _stop_quietly(client)
+            raise ClosedError("this zklb component was closed while connecting")
+        return client
+
+    def _join(self, attempt: _Connect, timeout: float) -> KazooClient:
+        if not attempt.done.wait(timeout):
+            raise RegistryError(f"could not connect to ZooKeeper at {self._hosts} within {timeout:g} s")
+        if attempt.error is not None:
+            raise attempt.error
+        return attempt.client
+
+    def _new_client(self) -> KazooClient:
+        return KazooClient(
+            hosts=self._hosts,
+            timeout=self._session_timeout,
+            # Keep reconnecting forever (the point is to survive outages), but never let one
+            # command block for ever: commands go through bounded_retry instead.
+            connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=1.0),
+            command_retry=KazooRetry(max_tries=0),
+        )
 
     def reset(self) -> None:
         """Stop an owned client after a failed start, so that the next ``get()`` connects afresh.
@@ -225,6 +258,21 @@ class ClientHandle:
             client, owned = self._client, self.owned
         if client is not None and owned:
             _stop_quietly(client)
+
+
+class _Connect:
+    """One connect of an owned client in progress, that concurrent callers wait on together."""
+
+    __slots__ = ("client", "done", "error")
+
+    def __init__(self, client: KazooClient) -> None:
+        self.client = client
+        self.done = threading.Event()
+        self.error: ZklbError | None = None
+
+    def finish(self, error: ZklbError | None) -> None:
+        self.error = error
+        self.done.set()
 
 
 def _stop_quietly(client: KazooClient) -> None:

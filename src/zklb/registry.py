@@ -354,12 +354,16 @@ class Registry:
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def _ensure_started(self, timeout: float) -> None:
+        if self._closed:
+            raise ClosedError("registry is closed")
+        if self._worker is not None:
+            return
+        client = self._handle.get(timeout)  # outside the lock: concurrent callers share one connect
         with self._start_lock:
             if self._closed:
                 raise ClosedError("registry is closed")
             if self._worker is not None:
                 return
-            client = self._handle.get(timeout)
             worker = ClientWorker.attach(client)
             self._client, self._worker = client, worker
             worker.subscribe(self._on_state)
