@@ -94,6 +94,8 @@ class Pool:
         # The detector's probation set, or an empty one: one truth test per success on the hot path.
         self._probation: set[str] = set() if self._health is None else self._health.probation
         self._draining: frozenset[str] = frozenset()
+        # Requests a load-tracking picker counts on skipped instances that were never sent (see _take).
+        self._phantom: dict[str, int] = {}
         self._skipped: frozenset[str] = frozenset()  # ejected (unless in panic) or draining
         self._panic = False
         # True while acquire() may take its fast path: started and nothing skipped.
@@ -152,20 +154,48 @@ class Pool:
             if picker is None:
                 raise NoServerAvailable(self.service, self.root)
             skipped = self._skipped
-            server = _choose(picker, skipped | ids if ids else skipped)
-            if server is None and skipped:
-                # Every instance not tried is ejected or draining: better one of them than no retry.
-                server = _choose(picker, ids)
+            avoid = skipped | ids if ids else skipped
+            fused = self._acquire_pick
+            server = self._take_locked(fused, picker, avoid) if fused is not None and avoid else None
             if server is None:
-                reason = f"all {len(self._membership)} instances excluded"
-                raise NoServerAvailable(self.service, self.root, reason)
+                server = _choose(picker, avoid)
+                if server is None and skipped:
+                    # Every instance not tried is ejected or draining: better one of them than no retry.
+                    server = _choose(picker, ids)
+                if server is None:
+                    reason = f"all {len(self._membership)} instances excluded"
+                    raise NoServerAvailable(self.service, self.root, reason)
+                if picker.tracks_load:
+                    picker.acquired(server)
             key = server.id
             self._in_flight[key] = self._in_flight.get(key, 0) + 1
-            if picker.tracks_load:
-                picker.acquired(server)
         if notice:
             log.warning("%s", notice)
         return Lease(self, server, perf_counter())
+
+    def _take_locked(
+        self, fused: Callable[[], ServiceInstance], picker: Picker, avoid: Collection[str]
+    ) -> ServiceInstance | None:
+        """A counted pick (``acquire_pick``) not in ``avoid``, or None after a few tries.
+
+        A load-tracking picker hands out instances in its own fair order (re-picking with ``pick()``
+        instead skewed it: one healthy instance of three got nothing). One the caller excluded is
+        handed back at once (``released``). A skipped one keeps the request as a *phantom*, so the
+        picker sees it loaded and stops offering it while others are as idle: an idle ejected instance
+        otherwise stays the least loaded and every pick falls back to an O(n) scan. Phantoms are
+        taken back when it is skipped no more (`_unload_locked`). O(1) amortised.
+        """
+        skipped = self._skipped
+        for _ in range(_REPICKS):
+            server = fused()
+            key = server.id
+            if key not in avoid:
+                return server
+            if key in skipped:
+                self._phantom[key] = self._phantom.get(key, 0) + 1
+            else:
+                picker.released(server, True, 0.0)
+        return None
 
     def has_server(self, exclude: Collection[str | ServiceInstance] = ()) -> bool:
         """Whether ``acquire(exclude=exclude)`` would find a server now (no I/O, never starts anything).
@@ -335,6 +365,7 @@ class Pool:
             self._draining = draining
             # Optional on pickers: pick + acquired() fused, for those that track load.
             self._acquire_pick = getattr(picker, "acquire_pick", None) if picker is not None else None
+            self._phantom = {}  # the new picker was seeded with real counts only
             notice = self._refresh_locked()
         for text in (drained, notice):
             if text:
@@ -371,6 +402,8 @@ class Pool:
                 "picking from the whole pool, ejected ones included"
             )
         self._skipped, self._panic = skipped, panic
+        if self._phantom:
+            self._unload_locked(picker, skipped)
         if not started:
             self._fast = False
         elif skipped or ejected:
@@ -382,6 +415,16 @@ class Pool:
         return notice
 
     # -- outcomes --------------------------------------------------------------------------------
+
+    def _unload_locked(self, picker: Picker, skipped: frozenset[str]) -> None:
+        """Take back the phantom requests of instances no longer skipped: they are picked again."""
+        by_id = self._membership.by_id
+        for key in [k for k in self._phantom if k not in skipped]:
+            count = self._phantom.pop(key)
+            instance = by_id.get(key)
+            if instance is not None:
+                for _ in range(count):
+                    picker.released(instance, True, 0.0)
 
     def _release(
         self,

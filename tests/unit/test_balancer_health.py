@@ -131,6 +131,34 @@ def test_least_connections_skips_an_ejected_idle_instance_at_the_lowest_load() -
     assert all(stats.in_flight == 0 for stats in lb.stats().values())
 
 
+def test_least_connections_stays_fair_around_a_skipped_instance() -> None:
+    # One request at a time, one of four ejected: the other three take equal turns (re-picking past
+    # the ejected one once left one of them with nothing and another with double).
+    lb = balancer(pool("a", "b", "c", "d"), FakeClock(), strategy="least_connections")
+    fail(lb, "a")
+    assert picked_by_acquire(lb, 300) == {"b": 100, "c": 100, "d": 100}
+
+
+def test_least_connections_gets_a_returning_instance_back_as_the_least_loaded() -> None:
+    clock = FakeClock()
+    lb = balancer(pool("a", "b", "c"), clock, strategy="least_connections")
+    fail(lb, "a")
+    held = [lb.acquire() for _ in range(6)]  # b and c busy, a idle but ejected
+    assert {lease.server.id for lease in held} == {"b", "c"}
+    clock.advance(30.0)  # a's ejection is over
+    try:
+        # Whatever the picker counted on a while it was skipped is gone: it is the least loaded again.
+        back = [lb.acquire() for _ in range(3)]
+        assert [lease.server.id for lease in back] == ["a", "a", "a"]
+        for lease in back:
+            lease.release()
+    finally:
+        for lease in held:
+            lease.release()
+    assert all(stats.in_flight == 0 for stats in lb.stats().values())
+    assert picked_by_acquire(lb, 30) == {"a": 10, "b": 10, "c": 10}
+
+
 # -- what ejects an instance --------------------------------------------------------------------------
 
 
