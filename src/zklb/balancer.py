@@ -303,8 +303,11 @@ class LoadBalancer(Pool):
         found = next((r for r in registry.registrations() if _names(server, r)), None)
         if found is None:
             return False
-        found.close()
         gone = found.instance.id
+        watcher = self._watcher
+        if watcher is not None:
+            watcher._expect_departure(gone)  # a removal asked for here is no blip to ride out
+        found.close()
         self.wait_for(lambda m: gone not in m.by_id, timeout)
         return True
 

@@ -136,6 +136,7 @@ class ServiceWatcher:
         self._resync_delay = check_timeout("resync_delay", resync_delay, zero=True)
         self._empty_grace = check_timeout("empty_grace", empty_grace, zero=True)
         self._held_since: float | None = None  # when ZooKeeper started listing no instance, if held
+        self._departing: frozenset[str] = frozenset()  # ids this process removes on purpose
         self._rng = rng if rng is not None else random.Random()
         self._handle = ClientHandle(client, session_timeout=session_timeout)
         self._client: KazooClient | None = None
@@ -439,6 +440,9 @@ class ServiceWatcher:
         if self._hold_last_pool(instances):
             return
         self._held_since = None
+        if self._departing:  # those gone now need no more remembering
+            with self._lock:
+                self._departing = frozenset(k for k in self._departing if k in known)
         self._publish(instances)
 
     def _hold_last_pool(self, instances: tuple[ServiceInstance, ...]) -> bool:
@@ -454,6 +458,9 @@ class ServiceWatcher:
         held = self._membership.by_id
         if self._held_since is None:
             if instances or not held or self._empty_grace <= 0 or not self._loaded.is_set():
+                return False
+            if held.keys() <= self._departing:  # every one of them was removed on purpose, here
+                self._departing -= held.keys()
                 return False
             self._held_since = time.monotonic()
             log.warning(
@@ -472,6 +479,11 @@ class ServiceWatcher:
             generation = self._generation
             worker.call_later(remaining, lambda: self._recheck(generation))
         return True
+
+    def _expect_departure(self, instance_id: str) -> None:
+        """This process is removing ``instance_id`` on purpose: its going is not a blip to ride out."""
+        with self._lock:
+            self._departing = self._departing | {instance_id}
 
     def _recheck(self, generation: int) -> None:
         if generation != self._generation:

@@ -302,3 +302,14 @@ def test_drain_stops_new_picks_keeps_in_flight_and_close_with_drain_deregisters(
         wait_until(lambda: "leaving" not in lb.membership.by_id, 10, "the drained instance to leave")
         for lease in in_flight:
             lease.release()
+
+
+def test_removing_the_last_server_empties_the_pool_at_once(zk_hosts: str, service: str) -> None:
+    # empty_grace rides out every instance vanishing together (a registrar's expiry), not a removal
+    # this very balancer asked for.
+    with LoadBalancer(zk_hosts, service, empty_grace=30.0) as lb:
+        only = lb.add_server("http://127.0.0.1:1")
+        assert lb.remove_server(only, timeout=10.0)
+        assert len(lb.membership) == 0
+        with pytest.raises(NoServerAvailable):
+            lb.get_server()
