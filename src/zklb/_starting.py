@@ -23,8 +23,10 @@ class SharedStart:
     the first outcome wins.
     """
 
-    def __init__(self, target: Callable[[], None], name: str) -> None:
+    def __init__(self, target: Callable[[], None], name: str, deadline: float) -> None:
         self._target = target
+        #: When the attempt gives up (a `time.monotonic()` reading), for callers that would wait longer.
+        self.deadline = deadline
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._callbacks: list[Callable[[], object]] = []

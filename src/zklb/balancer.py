@@ -117,12 +117,18 @@ class LoadBalancer(Pool):
         `RegistryError` if that takes more than ``timeout`` seconds (default ``start_timeout``); a failed
         start leaves nothing behind and may be tried again. Concurrent callers share one attempt.
         """
-        attempt = self._begin_start(timeout)
-        if attempt is not None:
-            limit = self._start_timeout if timeout is None else timeout
-            if not attempt.wait(limit):
+        limit = self._start_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while (attempt := self._begin_start(max(deadline - time.monotonic(), 0.0))) is not None:
+            if not attempt.wait(max(deadline - time.monotonic(), 0.0)):
                 raise RegistryError(f"load balancer for {self.service!r} not started within {limit:g} s")
-            self._raise_if_failed(attempt)
+            if attempt.error is None or isinstance(attempt.error, ClosedError):
+                self._raise_if_failed(attempt)
+                return self
+            # An attempt begun by someone else with a shorter timeout gave up: this caller's own
+            # timeout still has time, so it tries again (a new attempt) until that runs out.
+            if attempt.deadline >= deadline - 0.05:
+                self._raise_if_failed(attempt)
         return self
 
     async def astart(self, timeout: float | None = None) -> Self:
@@ -211,7 +217,9 @@ class LoadBalancer(Pool):
                 return None
             if self._starting is None:
                 limit = self._start_timeout if timeout is None else timeout
-                self._starting = SharedStart(lambda: self._run_start(limit), f"zklb-start-{self.service}")
+                self._starting = SharedStart(
+                    lambda: self._run_start(limit), f"zklb-start-{self.service}", time.monotonic() + limit
+                )
             return self._starting
 
     def _raise_if_failed(self, attempt: SharedStart) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 from tests.unit.test_balancer_lifecycle import refused_address
 
-from zklb import ClosedError, LoadBalancer, Registry, RegistryError, ZklbError
+from zklb import ClosedError, LoadBalancer, NoServerAvailable, Registry, RegistryError, ZklbError
 from zklb.testing import wait_until
 
 TIMEOUT = 2.0
@@ -77,3 +77,27 @@ def test_close_does_not_wait_for_a_connect_in_progress(component: str) -> None:
     if component == "balancer":
         with pytest.raises(ClosedError):
             lb.get_server()
+
+
+def test_an_explicit_start_waits_its_own_timeout_not_that_of_a_lazy_start_it_joined() -> None:
+    lb = LoadBalancer(refused_address(), "svc", start_timeout=0.5)
+    try:
+        lazy_errors: list[BaseException] = []
+
+        def lazy_pick() -> None:
+            try:
+                lb.get_server()
+            except NoServerAvailable as exc:
+                lazy_errors.append(exc)
+
+        lazy = threading.Thread(target=lazy_pick, daemon=True)
+        lazy.start()  # begins a background start that gives up after start_timeout
+        wait_until(lambda: lb._starting is not None, 10, "the lazy start to begin")
+        started = time.monotonic()
+        with pytest.raises(RegistryError):
+            lb.start(timeout=2.0)
+        assert time.monotonic() - started >= 1.5  # its own 2 s, not the lazy start's 0.5 s
+        lazy.join(10)
+        assert len(lazy_errors) == 1
+    finally:
+        lb.close()
