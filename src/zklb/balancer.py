@@ -59,6 +59,20 @@ class LoadBalancer(Pool):
     ``get_server()`` is the hot path: O(1) for the built-in strategies, lock-free and without I/O.
     """
 
+    __slots__ = (
+        "_codec",
+        "_empty_grace",
+        "_handle",
+        "_registry",
+        "_request_timeout",
+        "_resync_delay",
+        "_rng",
+        "_start_lock",
+        "_start_timeout",
+        "_starting",
+        "_watcher",
+    )
+
     def __init__(
         self,
         client: str | KazooClient | None = "127.0.0.1:2181",
@@ -170,7 +184,7 @@ class LoadBalancer(Pool):
             self._state = State.CLOSED
             starting, self._starting = self._starting, None
         with self._lock:
-            self._fast = False
+            self._fast = self._fast_ok = False
             self._pick = self._closed
         if starting is not None:
             starting.finish(ClosedError(f"load balancer for {self.service!r} was closed while starting"))

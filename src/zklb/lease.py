@@ -22,7 +22,7 @@ class _Balancer(Protocol):
         latency: float | None,
         counted: bool = True,
         record: bool = True,
-    ) -> None: ...
+    ) -> object: ...
 
 
 # The innermost lease entered in this thread or task, so that ``lb.report()`` can mark it.

@@ -123,3 +123,19 @@ def test_a_release_that_finds_the_lock_held_is_applied_by_the_next_acquire() -> 
     thread.join(10)
     assert lb.stats()[lease.server.id].in_flight == 0
     assert lb.stats()[lease.server.id].failures == 1
+
+
+def test_thousands_of_queued_releases_are_applied_without_recursion() -> None:
+    lb = LoadBalancer.static(SERVERS[:10], strategy="least_connections")
+    leases = [lb.acquire() for _ in range(5000)]
+
+    def cancel_all() -> None:
+        for lease in leases:
+            lease.cancel()
+
+    with lb._lock:  # every release below finds the lock held, so all of them are queued
+        releaser = threading.Thread(target=cancel_all)
+        releaser.start()
+        releaser.join(30)
+    assert sum(s.in_flight for s in lb.stats().values()) == 0
+    assert {lb.acquire().server.id for _ in range(10)} == {s.id for s in lb.servers()}  # all idle again
