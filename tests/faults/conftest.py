@@ -19,8 +19,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -28,7 +28,7 @@ import requests
 from kazoo.client import KazooClient
 from kazoo.exceptions import ConnectionLoss, NoNodeError, OperationTimeoutError, SessionExpiredError
 from kazoo.handlers.threading import KazooTimeoutError
-from tests.transports.conftest import Backend, Backends, StartBackends, backends
+from tests.transports.conftest import Backend, Backends, MakeBalancer, StartBackends, backends, make_lb
 
 from zklb import LoadBalancer
 from zklb.codecs.curator import CuratorCodec
@@ -36,9 +36,6 @@ from zklb.errors import InvalidInstance
 from zklb.httpx import LoadBalancedTransport
 from zklb.requests import LoadBalancedAdapter
 from zklb.testing import ZooKeeperEnsemble, wait_until
-
-if TYPE_CHECKING:
-    from zklb import HealthPolicy
 
 __all__ = [
     "Backend",
@@ -49,6 +46,7 @@ __all__ = [
     "backends",
     "children",
     "decoded_urls",
+    "make_lb",
     "owners",
     "stays",
     "watch_callbacks",
@@ -56,9 +54,6 @@ __all__ = [
 
 #: Errors a test's own kazoo client may see while an ensemble member it talked to goes away.
 ZK_AWAY = (ConnectionLoss, OperationTimeoutError, SessionExpiredError, KazooTimeoutError)
-
-#: What the default `HealthPolicy` is, for tests that must run with the defaults: "do not pass one".
-DEFAULT: Any = object()
 
 
 # -- reading ZooKeeper from the test's side ------------------------------------------------------------
@@ -412,25 +407,10 @@ class HttpLoad:
 
 
 @pytest.fixture
-def http_lb(zk_hosts: str, service: str) -> Iterator[Callable[..., LoadBalancer]]:
-    """``http_lb(backends, health=...)``: a started balancer over the backends, registered (by the
-    balancer's own registry) in ZooKeeper and in its pool. Without ``health`` the balancer's default
-    policy applies. Closed after the test."""
-    made: list[LoadBalancer] = []
-
-    def make(servers: Sequence[Backend], *, health: HealthPolicy | None = DEFAULT) -> LoadBalancer:
-        options: dict[str, Any] = {} if health is DEFAULT else {"health": health}
-        lb = LoadBalancer(zk_hosts, service, **options)
-        made.append(lb)
-        lb.start(timeout=30)
-        for backend in servers:
-            backend.instance_id = lb.add_server(backend.url).instance.id
-        assert len(lb.servers()) == len(servers)
-        return lb
-
-    yield make
-    for lb in made:
-        lb.close()
+def http_lb(make_lb: MakeBalancer) -> MakeBalancer:
+    """``http_lb(backends, health=...)``: the transport tests' ``make_lb``: a started balancer over the
+    backends, registered in ZooKeeper and in its pool (without ``health``, the default policy)."""
+    return make_lb
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -282,14 +283,19 @@ def proxy() -> Iterator[Proxy]:
 
 @pytest.fixture
 def make_lb(zk_hosts: str, service: str) -> Iterator[MakeBalancer]:
-    """``make_lb(backends, strategy=..., weights=...)``: a started balancer for the test's service with
-    the backends registered in ZooKeeper (and seen in its pool); closed after the test."""
+    """``make_lb(backends, strategy=..., weights=..., **options)``: a started balancer for the test's
+    service with the backends registered in ZooKeeper (and seen in its pool); ``options`` go to
+    `LoadBalancer` (``health=...``). Closed after the test."""
     made: list[LoadBalancer] = []
 
     def make(
-        servers: Sequence[Backend], *, strategy: str = "round_robin", weights: Sequence[int] | None = None
+        servers: Sequence[Backend],
+        *,
+        strategy: str = "round_robin",
+        weights: Sequence[int] | None = None,
+        **options: Any,
     ) -> LoadBalancer:
-        lb = LoadBalancer(zk_hosts, service, strategy=strategy)
+        lb = LoadBalancer(zk_hosts, service, strategy=strategy, **options)
         made.append(lb)
         lb.start(timeout=30)
         for backend, weight in zip(servers, weights or [1] * len(servers), strict=True):
