@@ -24,7 +24,6 @@ Rules of this module:
 from __future__ import annotations
 
 import dataclasses
-import enum
 import functools
 import logging
 import random
@@ -49,131 +48,20 @@ from zklb._zk import (
     check_timeout,
     drop_watches,
     is_stopped,
-    join_path,
     session_id,
 )
 from zklb.codecs import Codec
 from zklb.codecs.curator import CuratorCodec
 from zklb.errors import ClosedError, RegistryError
-from zklb.instance import ServiceInstance, check_weight
+from zklb.instance import ServiceInstance
+from zklb.registration import DRAINING_STATUS, Registration
 
-__all__ = ["DRAINING_STATUS", "Registration", "Registry"]
+__all__ = ["DRAINING_STATUS", "Registration", "Registry"]  # the first two re-exported from zklb.registration
 
 log = logging.getLogger("zklb.registry")
 
-#: The ``instance_status`` metadata value `Registration.drain` writes (Spring Cloud Zookeeper's word).
-DRAINING_STATUS = "OUT_OF_SERVICE"
 #: Longest wait between two reconcile attempts while ZooKeeper keeps failing a request.
 MAX_BACKOFF = 5.0
-
-
-class _State(enum.Enum):
-    OPEN = "open"
-    CLOSED = "closed"
-
-
-class Registration:
-    """One registered instance: its ephemeral znode, kept present (and up to date) until ``close()``.
-
-    Made by `Registry.register`; use it as a context manager or call ``close()``.
-    """
-
-    def __init__(self, registry: Registry, service: str, instance: ServiceInstance) -> None:
-        self._registry = registry
-        self.service = service
-        self.path = join_path(registry.root, service, instance.id)
-        self._instance = instance
-        self._data = registry.codec.encode(service, instance)
-        self._state = _State.OPEN
-        # (session id, data) last confirmed in ZooKeeper by a reconcile pass; None: not confirmed.
-        self._applied: tuple[int, bytes] | None = None
-        self._error: str | None = None  # why the last pass could not confirm it, for RegistryError
-        self._closing = threading.Event()
-        self._lock = threading.Lock()
-
-    @property
-    def instance(self) -> ServiceInstance:
-        """The instance as it is (or will be, once ZooKeeper is reachable) in the registry."""
-        return self._instance
-
-    @property
-    def closed(self) -> bool:
-        """True once ``close()`` was called."""
-        return self._state is _State.CLOSED
-
-    @property
-    def draining(self) -> bool:
-        """True once ``drain()`` marked the instance out of service."""
-        return self._instance.draining
-
-    def update(
-        self,
-        *,
-        weight: int | None = None,
-        metadata: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> bool:
-        """Change the weight and/or metadata of this instance in place (the same znode, ``set_data``).
-
-        Invalid values raise `InvalidInstance` and change nothing. Waits up to ``timeout`` seconds
-        (default: the registry's request timeout) for ZooKeeper to hold the new data and returns True;
-        if it is unreachable, returns False and the data is written as soon as the session is back.
-        """
-        return self._change(weight, lambda current: current if metadata is None else metadata, timeout)
-
-    def drain(self, *, timeout: float | None = None) -> bool:
-        """Take the instance out of rotation without deregistering it: new requests stop, in-flight ones end.
-
-        Writes ``instance_status = "OUT_OF_SERVICE"`` in the payload's metadata (which Spring Cloud
-        Zookeeper's clients honour too); zklb balancers stop picking it and count it as draining.
-        Returns as `update` does.
-        """
-        return self._change(None, lambda current: {**current, "instance_status": DRAINING_STATUS}, timeout)
-
-    def _change(
-        self,
-        weight: int | None,
-        metadata: Callable[[Mapping[str, str]], Mapping[str, str]],
-        timeout: float | None,
-    ) -> bool:
-        if self.closed:
-            raise ClosedError(f"registration {self.path} is closed")
-        with self._lock:  # read, modify, write: concurrent update() and drain() both land
-            current = self._instance
-            updated = dataclasses.replace(
-                current,
-                weight=current.weight if weight is None else check_weight(weight),
-                metadata=metadata(current.metadata),
-            )
-            data = self._registry.codec.encode(self.service, updated)
-            self._instance, self._data = updated, data
-        return self._registry._apply(self, timeout)
-
-    def close(self, drain: float = 0.0) -> None:
-        """Delete the znode and stop maintaining it. Idempotent.
-
-        With ``drain`` seconds, first `drain` and wait that long (cut short if the registry closes),
-        so that clients stop sending new requests while the ones in flight finish.
-        """
-        if self.closed:
-            return
-        if drain > 0:
-            self.drain()
-            self._closing.wait(drain)
-        self._state = _State.CLOSED
-        self._registry._deregister(self)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        inst = self._instance
-        return f"<Registration {self.path} {inst.url} weight={inst.weight} {self._state.value}>"
 
 
 class Registry:
@@ -258,7 +146,7 @@ class Registry:
             self._desired[registration.path] = registration
             self._tombstones.pop(registration.path, None)
         self._schedule(0.0)
-        if self._wait(lambda: _confirmed(registration) or registration.closed, deadline - time.monotonic()):
+        if self._wait(lambda: registration.confirmed() or registration.closed, deadline - time.monotonic()):
             if registration.closed:
                 raise ClosedError("registry closed while registering")
             log.info("registered %s at %s", instance.url, registration.path)
@@ -268,7 +156,7 @@ class Registry:
             if self._desired.get(registration.path) is registration:
                 del self._desired[registration.path]
             self._tombstones[registration.path] = self._session()
-            registration._state = _State.CLOSED
+            registration._mark_closed()
             reason = registration._error or "ZooKeeper did not answer"
         self._schedule(0.0)
         raise RegistryError(
@@ -293,8 +181,7 @@ class Registry:
             self._closed = True
             session = self._session()
             for registration in self._desired.values():
-                registration._state = _State.CLOSED
-                registration._closing.set()
+                registration._mark_closed()
                 self._tombstones[registration.path] = session
             self._desired.clear()
             self._cond.notify_all()
@@ -332,7 +219,7 @@ class Registry:
         if self._worker is None:
             return False
         self._schedule(0.0)
-        if self._wait(lambda: _confirmed(registration) or registration.closed, timeout):
+        if self._wait(lambda: registration.confirmed() or registration.closed, timeout):
             return not registration.closed
         log.warning("update of %s deferred until ZooKeeper is back", registration.path)
         return False
@@ -568,8 +455,3 @@ class Registry:
 
 class _Conflict(Exception):
     """Our path is held by another live session: retried, never forced."""
-
-
-def _confirmed(registration: Registration) -> bool:
-    applied = registration._applied
-    return applied is not None and applied[1] == registration._data

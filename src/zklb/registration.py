@@ -1,0 +1,155 @@
+"""`Registration`: the handle onto one registered instance, its desired data and its close.
+
+What it owns is *desired* state (the instance, the bytes its znode should hold); the `Registry` that
+made it reconciles ZooKeeper with that state (see `zklb.registry`). A registration only changes its
+own desired state and asks its registry to apply it, waiting with a deadline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import threading
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Protocol, Self
+
+from zklb._zk import join_path
+from zklb.codecs import Codec
+from zklb.errors import ClosedError
+from zklb.instance import ServiceInstance, check_weight
+
+__all__ = ["DRAINING_STATUS", "Registration"]
+
+#: The ``instance_status`` metadata value `Registration.drain` writes (Spring Cloud Zookeeper's word).
+DRAINING_STATUS = "OUT_OF_SERVICE"
+
+
+class _Owner(Protocol):
+    """What a registration needs of the registry that made it."""
+
+    root: str
+    codec: Codec
+
+    def _apply(self, registration: Registration, timeout: float | None) -> bool: ...
+
+    def _deregister(self, registration: Registration) -> None: ...
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Registration:
+    """One registered instance: its ephemeral znode, kept present (and up to date) until ``close()``.
+
+    Made by `Registry.register`; use it as a context manager or call ``close()``.
+    """
+
+    def __init__(self, registry: _Owner, service: str, instance: ServiceInstance) -> None:
+        self._registry = registry
+        self.service = service
+        self.path = join_path(registry.root, service, instance.id)
+        self._instance = instance
+        self._data = registry.codec.encode(service, instance)
+        self._state = _State.OPEN
+        # (session id, data) last confirmed in ZooKeeper by a reconcile pass; None: not confirmed.
+        self._applied: tuple[int, bytes] | None = None
+        self._error: str | None = None  # why the last pass could not confirm it, for RegistryError
+        self._closing = threading.Event()
+        self._lock = threading.Lock()
+
+    @property
+    def instance(self) -> ServiceInstance:
+        """The instance as it is (or will be, once ZooKeeper is reachable) in the registry."""
+        return self._instance
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._state is _State.CLOSED
+
+    @property
+    def draining(self) -> bool:
+        """True once ``drain()`` marked the instance out of service."""
+        return self._instance.draining
+
+    def update(
+        self,
+        *,
+        weight: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """Change the weight and/or metadata of this instance in place (the same znode, ``set_data``).
+
+        Invalid values raise `InvalidInstance` and change nothing. Waits up to ``timeout`` seconds
+        (default: the registry's request timeout) for ZooKeeper to hold the new data and returns True;
+        if it is unreachable, returns False and the data is written as soon as the session is back.
+        """
+        return self._change(weight, lambda current: current if metadata is None else metadata, timeout)
+
+    def drain(self, *, timeout: float | None = None) -> bool:
+        """Take the instance out of rotation without deregistering it: new requests stop, in-flight ones end.
+
+        Writes ``instance_status = "OUT_OF_SERVICE"`` in the payload's metadata (which Spring Cloud
+        Zookeeper's clients honour too); zklb balancers stop picking it and count it as draining.
+        Returns as `update` does.
+        """
+        return self._change(None, lambda current: {**current, "instance_status": DRAINING_STATUS}, timeout)
+
+    def _change(
+        self,
+        weight: int | None,
+        metadata: Callable[[Mapping[str, str]], Mapping[str, str]],
+        timeout: float | None,
+    ) -> bool:
+        if self.closed:
+            raise ClosedError(f"registration {self.path} is closed")
+        with self._lock:  # read, modify, write: concurrent update() and drain() both land
+            current = self._instance
+            updated = dataclasses.replace(
+                current,
+                weight=current.weight if weight is None else check_weight(weight),
+                metadata=metadata(current.metadata),
+            )
+            data = self._registry.codec.encode(self.service, updated)
+            self._instance, self._data = updated, data
+        return self._registry._apply(self, timeout)
+
+    def close(self, drain: float = 0.0) -> None:
+        """Delete the znode and stop maintaining it. Idempotent.
+
+        With ``drain`` seconds, first `drain` and wait that long (cut short if the registry closes),
+        so that clients stop sending new requests while the ones in flight finish.
+        """
+        if self.closed:
+            return
+        if drain > 0:
+            self.drain()
+            self._closing.wait(drain)
+        self._state = _State.CLOSED
+        self._registry._deregister(self)
+
+    def _mark_closed(self) -> None:
+        """Closed by its registry (given up, or the registry closed): no more changes, drains cut short."""
+        self._state = _State.CLOSED
+        self._closing.set()
+
+    def confirmed(self) -> bool:
+        """Whether ZooKeeper was seen holding this registration's latest desired data."""
+        applied = self._applied
+        return applied is not None and applied[1] == self._data
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        inst = self._instance
+        return f"<Registration {self.path} {inst.url} weight={inst.weight} {self._state.value}>"
