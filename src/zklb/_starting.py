@@ -34,11 +34,6 @@ class SharedStart:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    @property
-    def done(self) -> bool:
-        """True once the attempt has an outcome."""
-        return self._done.is_set()
-
     def wait(self, timeout: float) -> bool:
         """Wait for the outcome; False if ``timeout`` seconds pass first."""
         return self._done.wait(timeout)

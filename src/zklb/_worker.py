@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from kazoo.client import KazooClient
 
-__all__ = ["ClientWorker", "Timer"]
+__all__ = ["ClientWorker", "Job", "Timer"]
 
 log = logging.getLogger("zklb")
 
@@ -106,11 +106,6 @@ class ClientWorker:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=timeout)
-
-    @property
-    def thread(self) -> threading.Thread | None:
-        """The worker thread (for tests and for "am I on it?" checks)."""
-        return self._thread
 
     def on_worker_thread(self) -> bool:
         """True when called from this worker's thread."""
@@ -199,3 +194,53 @@ class ClientWorker:
             except Exception:  # one component's bug must not stop the others' updates
                 log.exception("zklb task %r failed", task)
             del task  # drop the reference before waiting: a closed component must be collectable
+
+
+class Job:
+    """One task of a component on a worker, run however often it is asked for, but never piled up.
+
+    ``request()`` queues one run (a run already queued covers it); ``request(delay)`` sets a timer for
+    one (an earlier timer already set covers it; a run asked for now replaces the timer). A run clears
+    the queued mark before the task starts, so a request made during the task runs it again after.
+    ``cancel()`` makes every queued or timed run a no-op, for good.
+    """
+
+    __slots__ = ("_cancelled", "_lock", "_queued", "_task", "_timer", "_worker")
+
+    def __init__(self, worker: ClientWorker, task: Callable[[], object]) -> None:
+        self._worker = worker
+        self._task = task
+        self._lock = threading.Lock()
+        self._queued = False
+        self._timer: Timer | None = None
+        self._cancelled = False
+
+    def request(self, delay: float = 0.0) -> None:
+        """Run the task on the worker now (after what is queued) or after ``delay`` seconds."""
+        with self._lock:
+            if self._cancelled or self._queued:
+                return
+            if delay > 0:
+                if self._timer is None:
+                    self._timer = self._worker.call_later(delay, self.request)
+                return
+            self._queued = True
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        self._worker.call_soon(self._run)
+
+    def cancel(self) -> None:
+        """No run of this job happens from now on (one in progress finishes)."""
+        with self._lock:
+            self._cancelled = True
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _run(self) -> None:
+        with self._lock:
+            self._queued = False
+            if self._cancelled:
+                return
+        self._task()

@@ -34,7 +34,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.protocol.states import EventType, WatchedEvent
 
-from zklb._worker import ClientWorker, Timer
+from zklb._worker import ClientWorker, Job
 from zklb._zk import (
     DEFAULT_REQUEST_TIMEOUT,
     TRANSIENT_ERRORS,
@@ -154,8 +154,7 @@ class ServiceWatcher:
         self._children_dirty = True
         self._rearm = False
         self._data_dirty: set[str] = set()
-        self._queued = False
-        self._timer: Timer | None = None
+        self._job: Job | None = None  # the sync of the current run, on the client's worker
         self._loaded = threading.Event()
         self._published = threading.Condition()
         self._reads = 0
@@ -281,7 +280,9 @@ class ServiceWatcher:
                 worker.detach(self._request_timeout)
                 raise ClosedError(f"watcher of {self.path} is closed")
             self._client, self._worker = client, worker
-            self._watches = _Watches(self, self._generation)
+            generation = self._generation
+            self._watches = _Watches(self, generation)
+            self._job = Job(worker, lambda: self._step(generation))
             self._state = _State.STARTED
             with self._lock:
                 # Read everything afresh: what an earlier, failed start read is not watched any more.
@@ -299,12 +300,12 @@ class ServiceWatcher:
             if reset and self._state is not _State.CLOSED:
                 self._state = _State.NEW
             with self._lock:
-                timer, self._timer, self._queued = self._timer, None, False
+                job, self._job = self._job, None
                 self._children = {}
                 self._children_dirty, self._rearm, self._data_dirty = True, False, set()
                 self._held_since = None
-        if timer is not None:
-            timer.cancel()
+        if job is not None:
+            job.cancel()
         if worker is not None:
             worker.unsubscribe(self._on_state)
         if client is not None:
@@ -319,26 +320,9 @@ class ServiceWatcher:
 
     def _schedule(self, delay: float) -> None:
         """Run a sync on the worker after ``delay`` seconds (now if 0), coalescing with one pending."""
-        worker = self._worker
-        if worker is None:
-            return
-        generation = self._generation
-        with self._lock:
-            if self._queued:
-                return
-            if delay <= 0:
-                self._queued = True
-                timer, self._timer = self._timer, None
-                if timer is not None:
-                    timer.cancel()
-            elif self._timer is not None:
-                return
-        if delay <= 0:
-            worker.call_soon(lambda: self._step(generation))
-        else:
-            timer = worker.call_later(delay, lambda: self._schedule(0.0))
-            with self._lock:
-                self._timer = timer
+        job = self._job
+        if job is not None:
+            job.request(delay)
 
     # -- kazoo callbacks: record and schedule, nothing else -------------------------------------------
 
@@ -376,8 +360,6 @@ class ServiceWatcher:
     # -- the sync, on the worker thread -----------------------------------------------------------------
 
     def _step(self, generation: int) -> None:
-        with self._lock:
-            self._queued = False
         client = self._client
         watches = self._watches
         if generation != watches.generation or self._state is not _State.STARTED or client is None:

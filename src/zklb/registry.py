@@ -38,7 +38,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 from kazoo.protocol.states import EventType, WatchedEvent
 
-from zklb._worker import ClientWorker, Timer
+from zklb._worker import ClientWorker, Job
 from zklb._zk import (
     DEFAULT_REQUEST_TIMEOUT,
     TRANSIENT_ERRORS,
@@ -95,8 +95,7 @@ class Registry:
         self._conflicts: dict[str, int] = {}  # path -> foreign owner already logged
         self._client: KazooClient | None = None
         self._worker: ClientWorker | None = None
-        self._queued = False
-        self._timer: Timer | None = None
+        self._job: Job | None = None  # the reconcile pass, on the client's worker
         self._failures = 0
         self._closed = False
         self._start_lock = threading.Lock()
@@ -253,15 +252,16 @@ class Registry:
                 return
             worker = ClientWorker.attach(client)
             self._client, self._worker = client, worker
+            self._job = Job(worker, self._reconcile)
             worker.subscribe(self._on_state)
 
     def _retire(self) -> None:
         """Leave the client's worker: after close, once nothing is left to delete."""
         with self._cond:
             worker, self._worker = self._worker, None
-            timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
+            job, self._job = self._job, None
+        if job is not None:
+            job.cancel()
         client = self._client
         if client is not None:
             drop_watches(client, self.root, (self._on_znode,))
@@ -321,27 +321,13 @@ class Registry:
         self._schedule(0.0)
 
     def _schedule(self, delay: float) -> None:
-        worker = self._worker
-        if worker is None:
-            return
-        with self._cond:
-            if self._queued:
-                return
-            if delay > 0:
-                if self._timer is None:
-                    self._timer = worker.call_later(delay, lambda: self._schedule(0.0))
-                return
-            self._queued = True
-            timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
-        worker.call_soon(self._reconcile)
+        job = self._job
+        if job is not None:
+            job.request(delay)
 
     # -- the reconcile pass, on the worker thread -----------------------------------------------------
 
     def _reconcile(self) -> None:
-        with self._cond:
-            self._queued = False
         client = self._client
         if client is None or not client.connected:
             return  # the next CONNECTED schedules a pass
