@@ -511,8 +511,9 @@ class Pool:
             stats.requests += 1
             if success:
                 stats.consecutive_failures = 0
-                if self._probation and key in self._probation:
-                    self._probation.discard(key)  # a success ends the probation
+                if self._probation and key in self._probation:  # the rare case, checked inline
+                    assert self._health is not None
+                    self._health.on_success(key)
             else:
                 stats.failures += 1
                 stats.consecutive_failures += 1
