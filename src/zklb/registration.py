@@ -25,6 +25,10 @@ __all__ = ["DRAINING_STATUS", "Registration"]
 DRAINING_STATUS = "OUT_OF_SERVICE"
 
 
+def _draining(metadata: Mapping[str, str]) -> Mapping[str, str]:
+    return {**metadata, "instance_status": DRAINING_STATUS}
+
+
 class _Owner(Protocol):
     """What a registration needs of the registry that made it."""
 
@@ -97,7 +101,7 @@ class Registration:
         Zookeeper's clients honour too); zklb balancers stop picking it and count it as draining.
         Returns as `update` does.
         """
-        return self._change(None, lambda current: {**current, "instance_status": DRAINING_STATUS}, timeout)
+        return self._change(None, _draining, timeout)
 
     def _change(
         self,
@@ -105,6 +109,15 @@ class Registration:
         metadata: Callable[[Mapping[str, str]], Mapping[str, str]],
         timeout: float | None,
     ) -> bool:
+        self._set(weight, metadata)
+        return self._registry._apply(self, timeout)
+
+    def _mark_draining(self) -> None:
+        """Desired state only: out of service (the registry drains many at once, in one pass)."""
+        self._set(None, _draining)
+
+    def _set(self, weight: int | None, metadata: Callable[[Mapping[str, str]], Mapping[str, str]]) -> None:
+        """Change the desired data only; a reconcile pass writes it."""
         if self.closed:
             raise ClosedError(f"registration {self.path} is closed")
         with self._lock:  # read, modify, write: concurrent update() and drain() both land
@@ -116,7 +129,6 @@ class Registration:
             )
             data = self._registry.codec.encode(self.service, updated)
             self._instance, self._data = updated, data
-        return self._registry._apply(self, timeout)
 
     def close(self, drain: float = 0.0) -> None:
         """Delete the znode and stop maintaining it. Idempotent.

@@ -23,10 +23,12 @@ Rules of this module:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -38,6 +40,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 from kazoo.protocol.states import EventType, WatchedEvent
 
+from zklb._signals import install_shutdown
 from zklb._worker import ClientWorker, Job
 from zklb._zk import (
     DEFAULT_REQUEST_TIMEOUT,
@@ -201,6 +204,47 @@ class Registry:
             with self._cond:
                 pending = sorted(self._tombstones)
             log.warning("deregistration of %s deferred until ZooKeeper is back", ", ".join(pending))
+
+    def drain(self, *, timeout: float | None = None) -> bool:
+        """Take every registration out of rotation at once (see `Registration.drain`), without deleting.
+
+        One reconcile pass writes them all. Returns True once ZooKeeper holds every one, False if it did
+        not within ``timeout`` seconds (default: the request timeout); they are then written on reconnect.
+        """
+        timeout = self._request_timeout if timeout is None else check_timeout("timeout", timeout, zero=True)
+        registrations = [r for r in self.registrations() if not r.closed]
+        for registration in registrations:
+            with contextlib.suppress(ClosedError):  # closed meanwhile: nothing left to drain
+                registration._mark_draining()
+        if self._worker is None:
+            return not registrations
+        self._schedule(0.0)
+        if self._wait(lambda: all(r.confirmed() or r.closed for r in registrations), timeout):
+            log.info("drained %d registration(s) under %s", len(registrations), self.root)
+            return True
+        log.warning("drain of %d registration(s) deferred until ZooKeeper is back", len(registrations))
+        return False
+
+    def close_on_signal(self, signum: int = signal.SIGTERM, *, drain: float = 5.0) -> None:
+        """On ``signum``: `drain` all, wait ``drain`` seconds, `close`, then let the signal do what it does.
+
+        The handler returns at once and the work runs on a thread of its own (the main thread keeps
+        serving in-flight requests meanwhile); when it is done, the handler installed before is called,
+        or, where there was none, the process ends as the signal would have ended it. A second signal
+        cuts the drain short. Call it from the main thread (else `ConfigurationError`).
+        """
+        drain = check_timeout("drain", drain, zero=True)
+
+        def shutdown(cut_short: threading.Event) -> None:
+            if self._closed:
+                return
+            end = time.monotonic() + drain  # the drain period starts with the signal
+            if drain > 0:
+                self.drain(timeout=drain)
+                cut_short.wait(max(0.0, end - time.monotonic()))
+            self.close()
+
+        install_shutdown(signum, shutdown, name=f"registry {self.root}")
 
     def __enter__(self) -> Self:
         return self
