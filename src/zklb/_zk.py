@@ -5,11 +5,12 @@ Private: the registry and the watcher use it; nothing above them imports kazoo.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import threading
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import ConnectionLoss, OperationTimeoutError, SessionExpiredError
@@ -32,11 +33,13 @@ __all__ = [
     "TRANSIENT_ERRORS",
     "ClientHandle",
     "bounded_retry",
+    "check_kazoo_options",
     "check_timeout",
     "connection_state",
     "drop_watches",
     "is_stopped",
     "join_path",
+    "make_client",
     "session_id",
 ]
 
@@ -85,6 +88,57 @@ def check_timeout(name: str, value: float, *, zero: bool = False) -> float:
     if value < 0 or (value == 0 and not zero):
         raise ConfigurationError(f"{name} must be {'>= 0' if zero else '> 0'} seconds, got {value!r}")
     return float(value)
+
+
+#: kazoo options zklb sets from its own arguments, with the argument to use instead.
+_OWN_OPTIONS = {
+    "hosts": "the hosts string (the first argument)",
+    "timeout": "session_timeout=",
+    # zklb's worker, watches and events assume kazoo's default threading handler.
+    "handler": "nothing: zklb works with kazoo's threading handler only",
+}
+_KAZOO_OPTIONS = frozenset(inspect.signature(KazooClient.__init__).parameters) - {"self", "kwargs"}
+
+
+def check_kazoo_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Return ``options`` as a dict of keyword arguments for `KazooClient`, or raise ConfigurationError.
+
+    Options zklb sets itself (hosts, the session timeout) are refused rather than silently overridden
+    one way or the other: each has exactly one place to be said.
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(f"kazoo_options must be a mapping, got {type(options).__name__}")
+    for name in options:
+        if name in _OWN_OPTIONS:
+            raise ConfigurationError(
+                f"kazoo_options may not set {name!r}: zklb sets it from {_OWN_OPTIONS[name]}"
+            )
+        if name not in _KAZOO_OPTIONS:
+            raise ConfigurationError(
+                f"kazoo_options: {name!r} is not a KazooClient argument "
+                f"(known: {', '.join(sorted(_KAZOO_OPTIONS - set(_OWN_OPTIONS)))})"
+            )
+    return dict(options)
+
+
+def make_client(
+    hosts: str, *, session_timeout: float = 10.0, kazoo_options: Mapping[str, Any] | None = None
+) -> KazooClient:
+    """A new, unstarted kazoo client for ``hosts``, configured as zklb runs its own clients.
+
+    ``kazoo_options`` (checked by `check_kazoo_options`) are passed on; ``connection_retry`` and
+    ``command_retry`` among them replace zklb's defaults.
+    """
+    options: dict[str, Any] = {
+        # Keep reconnecting forever (the point is to survive outages), but never let one
+        # command block for ever: commands go through bounded_retry instead.
+        "connection_retry": KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=1.0),
+        "command_retry": KazooRetry(max_tries=0),
+    }
+    options.update(check_kazoo_options(kazoo_options))
+    return KazooClient(hosts=hosts, timeout=session_timeout, **options)
 
 
 def session_id(client: KazooClient) -> int | None:
@@ -156,7 +210,19 @@ class ClientHandle:
     never started or stopped here. Several zklb components may share one handle; the owner counts users.
     """
 
-    def __init__(self, client: str | KazooClient, *, session_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        client: str | KazooClient,
+        *,
+        session_timeout: float = 10.0,
+        kazoo_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._kazoo_options = check_kazoo_options(kazoo_options)
+        if isinstance(client, KazooClient) and self._kazoo_options:
+            raise ConfigurationError(
+                "kazoo_options configure the kazoo client zklb makes from a hosts string; this "
+                "KazooClient was made by you, so give those options to KazooClient(...) instead"
+            )
         if isinstance(client, str):
             if not client.strip():
                 raise ValueError("ZooKeeper hosts must be a non-empty 'host:port[,host:port...]' string")
@@ -226,13 +292,9 @@ class ClientHandle:
         return attempt.client
 
     def _new_client(self) -> KazooClient:
-        return KazooClient(
-            hosts=self._hosts,
-            timeout=self._session_timeout,
-            # Keep reconnecting forever (the point is to survive outages), but never let one
-            # command block for ever: commands go through bounded_retry instead.
-            connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=1.0),
-            command_retry=KazooRetry(max_tries=0),
+        assert self._hosts is not None
+        return make_client(
+            self._hosts, session_timeout=self._session_timeout, kazoo_options=self._kazoo_options
         )
 
     def reset(self) -> None:

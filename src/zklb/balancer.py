@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from kazoo.client import KazooClient
 
@@ -47,7 +47,8 @@ class LoadBalancer(Pool):
     """Client-side load balancing over the live instances of one service registered in ZooKeeper.
 
     ``client`` is a hosts string (a kazoo client is made on first use and stopped by ``close()``) or a
-    started `KazooClient` (shared, never stopped here). ``start()`` (or ``await astart()``) connects and
+    started `KazooClient` (shared, never stopped here). ``kazoo_options`` (auth_data, use_ssl, ca, ...)
+    are handed to the kazoo client made from a hosts string. ``start()`` (or ``await astart()``) connects and
     loads the pool; a pick before that starts it in the background and waits up to ``start_timeout``.
 
     ``health`` is the passive health policy (`HealthPolicy`; None turns ejection off).
@@ -82,6 +83,7 @@ class LoadBalancer(Pool):
         root: str = "/services",
         codec: Codec | None = None,
         session_timeout: float = 10.0,
+        kazoo_options: Mapping[str, Any] | None = None,
         health: HealthPolicy | None = DEFAULT_HEALTH,
         start_timeout: float = 10.0,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
@@ -97,7 +99,9 @@ class LoadBalancer(Pool):
         self._resync_delay = check_timeout("resync_delay", resync_delay, zero=True)
         self._empty_grace = check_timeout("empty_grace", empty_grace, zero=True)
         self._rng = rng
-        self._handle = None if client is None else ClientHandle(client, session_timeout=session_timeout)
+        self._handle: ClientHandle | None = None
+        if client is not None:
+            self._handle = ClientHandle(client, session_timeout=session_timeout, kazoo_options=kazoo_options)
         self._watcher: ServiceWatcher | None = None
         self._registry: Registry | None = None
         self._starting: SharedStart | None = None

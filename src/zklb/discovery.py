@@ -25,7 +25,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -108,8 +108,9 @@ class _Watches:
 class ServiceWatcher:
     """Watches ``/<root>/<service>`` and publishes its live instances as `Membership` snapshots.
 
-    ``client`` is a hosts string (the watcher makes, starts and stops its own kazoo client) or a started
-    `KazooClient` (never stopped here). ``start()`` returns once the first membership is loaded.
+    ``client`` is a hosts string (the watcher makes, starts and stops its own kazoo client, with
+    ``kazoo_options`` such as auth_data or use_ssl) or a started `KazooClient` (never stopped here).
+    ``start()`` returns once the first membership is loaded.
     ``request_timeout`` bounds each ZooKeeper request; ``resync_delay`` is the most a re-sync after a
     reconnect is put off (a random share of it); ``rng`` makes that delay repeatable. When every
     instance disappears at once the last pool is kept for ``empty_grace`` seconds (0: never).
@@ -123,6 +124,7 @@ class ServiceWatcher:
         root: str = "/services",
         codec: Codec | None = None,
         session_timeout: float = 10.0,
+        kazoo_options: Mapping[str, Any] | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         resync_delay: float = 1.0,
         empty_grace: float = 5.0,
@@ -138,7 +140,7 @@ class ServiceWatcher:
         self._held_since: float | None = None  # when ZooKeeper started listing no instance, if held
         self._departing: frozenset[str] = frozenset()  # ids this process removes on purpose
         self._rng = rng if rng is not None else random.Random()
-        self._handle = ClientHandle(client, session_timeout=session_timeout)
+        self._handle = ClientHandle(client, session_timeout=session_timeout, kazoo_options=kazoo_options)
         self._client: KazooClient | None = None
         self._worker: ClientWorker | None = None
         self._state = _State.NEW

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
@@ -71,7 +71,8 @@ class Registry:
     """Registers service instances in ZooKeeper and keeps them registered.
 
     ``client`` is a hosts string (``"127.0.0.1:2181"``; the registry makes, starts and stops its own kazoo
-    client) or a started `KazooClient` (never stopped here). Instances are stored with ``codec``
+    client, with ``kazoo_options`` such as auth_data or use_ssl) or a started `KazooClient` (never
+    stopped here). Instances are stored with ``codec``
     (Curator x-discovery JSON by default) under ``root``. ``request_timeout`` bounds each call that
     waits for ZooKeeper (``register()``, ``update()``, ``close()``); ``rng`` makes retry jitter repeatable.
     """
@@ -83,6 +84,7 @@ class Registry:
         root: str = "/services",
         codec: Codec | None = None,
         session_timeout: float = 10.0,
+        kazoo_options: Mapping[str, Any] | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         rng: random.Random | None = None,
     ) -> None:
@@ -90,7 +92,7 @@ class Registry:
         self.codec: Codec = codec or CuratorCodec()
         self._request_timeout = check_timeout("request_timeout", request_timeout)
         self._rng = rng if rng is not None else random.Random()
-        self._handle = ClientHandle(client, session_timeout=session_timeout)
+        self._handle = ClientHandle(client, session_timeout=session_timeout, kazoo_options=kazoo_options)
         self._cond = threading.Condition(threading.Lock())  # guards the state below; notified per pass
         self._desired: dict[str, Registration] = {}
         # Path -> the session that may own a znode there (None: whichever session comes next).
