@@ -1,0 +1,157 @@
+"""What every subcommand shares: the connection options, one-line errors, JSON output, kazoo's silence."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TypeAlias
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
+
+from zklb.instance import ServiceInstance
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_UNKNOWN_SERVICE",
+    "EXIT_UNREACHABLE",
+    "CliError",
+    "Subparsers",
+    "add_common_options",
+    "check_service_exists",
+    "connect",
+    "emit_json",
+    "instance_doc",
+    "quiet_logging",
+]
+
+EXIT_ERROR = 1
+EXIT_UNREACHABLE = 2  # the same code as argparse's bad arguments: nothing was done
+EXIT_UNKNOWN_SERVICE = 3
+
+#: What each module's ``add_parsers`` adds its subcommands to.
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+DEFAULT_HOSTS = "127.0.0.1:2181"
+DEFAULT_ROOT = "/services"
+
+
+class CliError(Exception):
+    """A failure the command reports as one line on stderr, exiting with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_common_options(parser: argparse.ArgumentParser, *, hosts_default: str | None = DEFAULT_HOSTS) -> None:
+    """``--hosts``, ``--root``, ``--timeout``, ``--json`` and ``-v``, with their environment defaults."""
+    hosts = os.environ.get("ZKLB_HOSTS") or hosts_default
+    where = f"default: $ZKLB_HOSTS or {hosts_default}" if hosts_default else "default: $ZKLB_HOSTS"
+    parser.add_argument(
+        "--hosts", default=hosts, help=f"ZooKeeper connection string, chroot allowed ({where})"
+    )
+    parser.add_argument(
+        "--root",
+        default=os.environ.get("ZKLB_ROOT") or DEFAULT_ROOT,
+        help=f"registry root (default: $ZKLB_ROOT or {DEFAULT_ROOT})",
+    )
+    parser.add_argument(
+        "--timeout", type=_seconds, default=10.0, help="seconds to reach ZooKeeper (default: 10)"
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log zklb's own messages (INFO) on stderr"
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def quiet_logging(verbose: bool) -> None:
+    """Keep kazoo's reconnect chatter off stderr; show zklb's own records only when asked.
+
+    Configures the two loggers of this process only (the library itself never configures logging).
+    """
+    kazoo = logging.getLogger("kazoo")
+    kazoo.addHandler(logging.NullHandler())
+    kazoo.propagate = False
+    zklb = logging.getLogger("zklb")
+    zklb.propagate = False
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        zklb.addHandler(handler)
+        zklb.setLevel(logging.INFO)
+    else:
+        zklb.addHandler(logging.NullHandler())
+
+
+@contextmanager
+def connect(hosts: str, timeout: float) -> Iterator[KazooClient]:
+    """A started kazoo client, stopped on exit; `CliError` (exit 2) if ZooKeeper is not reached in time."""
+    try:
+        client = KazooClient(hosts=hosts, timeout=timeout)
+    except ValueError as exc:  # kazoo's parse of a malformed connection string
+        raise CliError(f"bad --hosts {hosts!r}: {exc}", EXIT_UNREACHABLE) from None
+    try:
+        client.start(timeout=timeout)
+    except Exception:
+        # kazoo's own timeout error, or a host name that does not resolve: either way not reached.
+        _stop(client)
+        raise CliError(f"ZooKeeper at {hosts} not reachable within {timeout:g} s", EXIT_UNREACHABLE) from None
+    try:
+        yield client
+    finally:
+        _stop(client)
+
+
+def _stop(client: KazooClient) -> None:
+    try:
+        client.stop()
+        client.close()
+    except Exception:  # already stopping; nothing left to release
+        pass
+
+
+def check_service_exists(client: KazooClient, root: str, service: str) -> str:
+    """The service's path; `CliError` (exit 3) if no such service is registered under ``root``."""
+    path = f"{root.rstrip('/')}/{service}"
+    try:
+        exists = client.exists(path) is not None
+    except NoNodeError:
+        exists = False
+    if not exists:
+        raise CliError(f"unknown service {service!r}: no {path} in ZooKeeper", EXIT_UNKNOWN_SERVICE)
+    return path
+
+
+def instance_doc(instance: ServiceInstance) -> dict[str, Any]:
+    """One instance as the JSON outputs show it."""
+    registered = instance.registered_at
+    return {
+        "id": instance.id,
+        "url": instance.url,
+        "weight": instance.weight,
+        "metadata": dict(instance.metadata),
+        "registered": registered.isoformat() if registered is not None else None,
+        "status": "draining" if instance.draining else "up",
+    }
+
+
+def emit_json(doc: object) -> None:
+    """One JSON document (or line) on stdout, flushed at once: it is often read through a pipe."""
+    sys.stdout.write(json.dumps(doc, sort_keys=False) + "\n")
+    sys.stdout.flush()
