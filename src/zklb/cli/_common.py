@@ -27,7 +27,10 @@ __all__ = [
     "connect",
     "emit_json",
     "instance_doc",
+    "non_negative_seconds",
+    "positive_int",
     "quiet_logging",
+    "seconds",
 ]
 
 EXIT_ERROR = 1
@@ -62,7 +65,7 @@ def add_common_options(parser: argparse.ArgumentParser, *, hosts_default: str | 
         help=f"registry root (default: $ZKLB_ROOT or {DEFAULT_ROOT})",
     )
     parser.add_argument(
-        "--timeout", type=_seconds, default=10.0, help="seconds to reach ZooKeeper (default: 10)"
+        "--timeout", type=seconds, default=10.0, help="seconds to reach ZooKeeper (default: 10)"
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     parser.add_argument(
@@ -70,14 +73,31 @@ def add_common_options(parser: argparse.ArgumentParser, *, hosts_default: str | 
     )
 
 
-def _seconds(text: str) -> float:
+def _number(text: str, kind: type[float] | type[int], minimum: float, strict: bool) -> float:
     try:
-        value = float(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+        raise argparse.ArgumentTypeError(f"not a {kind.__name__}: {text!r}") from None
+    if value < minimum or (strict and value == minimum):
+        raise argparse.ArgumentTypeError(
+            f"must be {'more than' if strict else 'at least'} {minimum:g}, got {text}"
+        )
     return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a number of seconds more than 0."""
+    return _number(text, float, 0, strict=True)
+
+
+def non_negative_seconds(text: str) -> float:
+    """An argparse type: a number of seconds, 0 or more."""
+    return _number(text, float, 0, strict=False)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number, 1 or more."""
+    return int(_number(text, int, 1, strict=False))
 
 
 def quiet_logging(verbose: bool) -> None:

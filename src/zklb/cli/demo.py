@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from zklb.balancer import LoadBalancer
-from zklb.cli._common import CliError, Subparsers, add_common_options, connect, emit_json
+from zklb.cli._common import CliError, Subparsers, add_common_options, connect, emit_json, seconds
 from zklb.cli._table import table
 from zklb.health import HealthPolicy
 from zklb.registration import Registration
@@ -210,13 +210,6 @@ def _wait(condition: Callable[[], object], timeout: float, what: str) -> None:
         raise CliError(f"demo: {what}: not seen within {timeout:g} s") from None
 
 
-def _seconds(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
-
-
 def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     """Add ``demo`` to the command's subparsers (its ``--hosts`` defaults to a ZooKeeper of its own)."""
     own = argparse.ArgumentParser(add_help=False)
@@ -228,5 +221,5 @@ def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
     p.add_argument("--service", default=None, help="service name (default: demo-<random>)")
-    p.add_argument("--phase-seconds", type=_seconds, default=2.0, help="length of each phase (default: 2)")
+    p.add_argument("--phase-seconds", type=seconds, default=2.0, help="length of each phase (default: 2)")
     p.set_defaults(run=_demo)

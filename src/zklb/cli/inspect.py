@@ -17,6 +17,7 @@ from zklb.cli._common import (
     connect,
     emit_json,
     instance_doc,
+    positive_int,
 )
 from zklb.cli._table import table
 from zklb.codecs.curator import CuratorCodec
@@ -124,16 +125,6 @@ def _pick(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     """Add ``services``, ``instances`` and ``pick`` to the command's subparsers."""
     p = sub.add_parser("services", parents=[common], help="services under the root and their instance counts")
@@ -146,5 +137,5 @@ def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("pick", parents=[common], help="pick N times and show the spread")
     p.add_argument("service")
     p.add_argument("--strategy", default="round_robin", choices=strategy_names(), help="default: round_robin")
-    p.add_argument("-n", type=_positive, default=100, help="number of picks (default: 100)")
+    p.add_argument("-n", type=positive_int, default=100, help="number of picks (default: 100)")
     p.set_defaults(run=_pick)

@@ -11,7 +11,7 @@ import signal
 import threading
 from types import FrameType
 
-from zklb.cli._common import CliError, Subparsers, connect, emit_json, instance_doc
+from zklb.cli._common import CliError, Subparsers, connect, emit_json, instance_doc, non_negative_seconds
 from zklb.errors import InvalidInstance, RegistryError
 from zklb.registry import Registry
 
@@ -62,16 +62,6 @@ def _register(args: argparse.Namespace) -> int:
     return 0
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
-
-
 def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     """Add ``register`` to the command's subparsers."""
     p = sub.add_parser(
@@ -82,6 +72,6 @@ def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("--weight", type=int, default=1, help="relative share of requests (default: 1)")
     p.add_argument("--meta", type=_meta, action="append", default=[], metavar="KEY=VALUE", help="metadata")
     p.add_argument(
-        "--drain", type=_non_negative, default=0.0, help="seconds out of rotation before deregistering"
+        "--drain", type=non_negative_seconds, default=0.0, help="seconds out of rotation before deregistering"
     )
     p.set_defaults(run=_register)
