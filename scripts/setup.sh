@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python=${PYTHON:-python3}
-packages=(zookeeper libcurator-discovery-java libcurator-recipes-java default-jdk-headless)
+# libnetty-java and openssl: the TLS ZooKeeper of zklb.testing (netty jars its class path lacks;
+# a client key pair as PEM).
+packages=(zookeeper libcurator-discovery-java libcurator-recipes-java default-jdk-headless libnetty-java openssl)
 # Debian's own python3 ships venv/ensurepip separately.
 if ! command -v "$python" >/dev/null 2>&1 || ! "$python" -c "import ensurepip, venv" >/dev/null 2>&1; then
   packages+=(python3 python3-venv)

@@ -3,8 +3,10 @@ at will."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -13,11 +15,13 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from zklb.testing import _ports
-from zklb.testing.errors import ZooKeeperStartError
-from zklb.testing.install import find_zookeeper
+from zklb.testing.errors import ZooKeeperNotInstalled, ZooKeeperStartError
+from zklb.testing.install import DEBIAN_JAR, ZooKeeperInstallation, find_zookeeper
 from zklb.testing.member import DEFAULT_JVM_FLAGS, ZooKeeperMember, _LaunchSpec
+from zklb.testing.tls import DEBIAN_TLS_JARS, TLSMaterial, find_keytool
 
 __all__ = ["ZooKeeperEnsemble"]
 
@@ -50,6 +54,20 @@ def _kill_members(members: Iterable[ZooKeeperMember]) -> None:
         member._reap()
 
 
+def _with_tls_jars(installation: ZooKeeperInstallation) -> ZooKeeperInstallation:
+    """Debian's classpath plus the netty jars its TLS server needs (its manifest lacks them)."""
+    entries = installation.classpath.split(os.pathsep)
+    if str(DEBIAN_JAR) not in entries:
+        return installation  # an upstream distribution's lib/ has every jar it needs
+    missing = [jar for jar in DEBIAN_TLS_JARS if not jar.is_file()]
+    if missing:
+        raise ZooKeeperNotInstalled(
+            f"a TLS ZooKeeper needs {', '.join(map(str, missing))} (apt-get install libnetty-java)"
+        )
+    classpath = os.pathsep.join([*entries, *(str(jar) for jar in DEBIAN_TLS_JARS)])
+    return dataclasses.replace(installation, classpath=classpath)
+
+
 class _Resources:
     """Everything that must be released; kept apart from the ensemble so a
     finalizer can release it without keeping the ensemble alive."""
@@ -80,6 +98,11 @@ class ZooKeeperEnsemble:
         extra_config: additional or overriding ``zoo.cfg`` settings.
         base_dir: parent directory for the temporary directories (default: the system temp dir).
         stop_timeout: seconds to wait after SIGTERM before SIGKILL.
+        tls: serve clients over TLS only (Netty, ``secureClientPort``, no plain port), with a
+            self-signed certificate made by ``keytool`` for this run; :attr:`kazoo_options` then holds
+            what a kazoo client needs. Traffic between members stays plain (it is on loopback).
+        tls_client_auth: with ``tls``, the server also demands a client certificate (made with
+            ``openssl``), which :attr:`kazoo_options` carries.
 
     Raises:
         ZooKeeperNotInstalled: java or ZooKeeper cannot be found.
@@ -98,12 +121,23 @@ class ZooKeeperEnsemble:
         extra_config: Mapping[str, str] | None = None,
         base_dir: str | os.PathLike[str] | None = None,
         stop_timeout: float = 10.0,
+        tls: bool = False,
+        tls_client_auth: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError(f"size must be at least 1, got {size}")
+        if tls_client_auth and not tls:
+            raise ValueError("tls_client_auth needs tls=True")
         self._size = size
+        installation = find_zookeeper(java=java, classpath=classpath)
+        self._keytool: str | None = None
+        if tls:
+            installation = _with_tls_jars(installation)
+            self._keytool = find_keytool(installation.java)
+        self._tls_client_auth = tls_client_auth
+        self._tls: TLSMaterial | None = None
         self._spec = _LaunchSpec(
-            installation=find_zookeeper(java=java, classpath=classpath),
+            installation=installation,
             jvm_flags=tuple(DEFAULT_JVM_FLAGS if jvm_flags is None else jvm_flags),
         )
         self._settings: dict[str, str] = {
@@ -169,6 +203,28 @@ class ZooKeeperEnsemble:
     def hosts(self) -> str:
         """Connection string for clients: ``"127.0.0.1:p1,127.0.0.1:p2,..."``."""
         return ",".join(member.host for member in self.members)
+
+    @property
+    def tls(self) -> bool:
+        """True when clients must connect over TLS (``tls=True``)."""
+        return self._keytool is not None
+
+    @property
+    def kazoo_options(self) -> dict[str, Any]:
+        """Options a kazoo client needs for this ensemble: ``{}`` for plain, else ``use_ssl``, ``ca``,
+        ``verify_certs`` (and ``certfile``/``keyfile`` with client authentication).
+
+        Pass them as ``KazooClient(hosts=ens.hosts, **ens.kazoo_options)`` or to zklb's
+        ``kazoo_options=``. Available after :meth:`start`.
+        """
+        self._require_started()
+        return {} if self._tls is None else self._tls.kazoo_options()
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        """An `ssl.SSLContext` for raw connections (`four_letter_word`), or None without TLS."""
+        self._require_started()
+        return None if self._tls is None else self._tls.client_context()
 
     @property
     def root_dir(self) -> Path:
@@ -317,6 +373,12 @@ class ZooKeeperEnsemble:
     def _create_members(self) -> None:
         root = Path(tempfile.mkdtemp(prefix="zklb-zookeeper-", dir=self._base_dir))
         self._resources.root = root
+        context: ssl.SSLContext | None = None
+        settings = self._settings
+        if self._keytool is not None:
+            self._tls = TLSMaterial.create(root / "tls", self._keytool, client_auth=self._tls_client_auth)
+            context = self._tls.client_context()
+            settings = {**self._tls.server_config(), **settings}
         ports = iter(_ports.reserve_ports(3 * self._size))
         members = [
             ZooKeeperMember(
@@ -326,12 +388,13 @@ class ZooKeeperEnsemble:
                 election_port=next(ports),
                 data_dir=root / f"member-{index + 1}",
                 spec=self._spec,
+                tls=context,
             )
             for index in range(self._size)
         ]
         self._resources.members = members
         for member in members:
-            member._write_config(members, self._settings)
+            member._write_config(members, settings)
 
     @staticmethod
     def _probe_timeout(deadline: float) -> float:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from kazoo.client import KazooClient
 
@@ -24,15 +25,18 @@ def wait_until(
         time.sleep(interval)
 
 
-def expire_session(client: KazooClient, hosts: str, timeout: float = 30.0) -> None:
+def expire_session(
+    client: KazooClient, hosts: str, timeout: float = 30.0, *, kazoo_options: Mapping[str, Any] | None = None
+) -> None:
     """Make ZooKeeper expire ``client``'s session, as a real expiry would.
 
     A second connection joins the same session (id and password) and closes it, so the server ends the
     session and deletes its ephemeral znodes; ``client`` then sees LOST and, if it keeps running,
-    reconnects with a new session.
+    reconnects with a new session. ``kazoo_options`` are for that second connection (a TLS server's
+    `ZooKeeperEnsemble.kazoo_options`).
     """
     session_id, password = client.client_id
-    other = KazooClient(hosts=hosts, client_id=(session_id, password))
+    other = KazooClient(hosts=hosts, client_id=(session_id, password), **(kazoo_options or {}))
     other.start(timeout=timeout)
     other.stop()
     other.close()

@@ -9,12 +9,13 @@ from pathlib import Path
 
 from zklb.testing.errors import ZooKeeperNotInstalled
 
-__all__ = ["INSTALL_HINT", "ZooKeeperInstallation", "find_zookeeper", "zookeeper_available"]
+__all__ = ["DEBIAN_JAR", "INSTALL_HINT", "ZooKeeperInstallation", "find_zookeeper", "zookeeper_available"]
 
 INSTALL_HINT = "apt-get install -y zookeeper default-jre-headless"
 """The command that installs what this module needs on Debian/Ubuntu."""
 
-_DEBIAN_JAR = Path("/usr/share/java/zookeeper.jar")
+#: The jar of Debian's ``zookeeper`` package, the default classpath.
+DEBIAN_JAR = Path("/usr/share/java/zookeeper.jar")
 # The Debian jar's manifest pulls in slf4j-api but no slf4j binding, so
 # without these two jars ZooKeeper silently logs nothing at all.
 _DEBIAN_LOGGING_JARS = (Path("/usr/share/java/slf4j-log4j12.jar"), Path("/usr/share/java/log4j-1.2.jar"))
@@ -83,9 +84,9 @@ def _find_java(explicit: str | None) -> str:
 def _find_classpath(explicit: str | None) -> str:
     requested = explicit or os.environ.get(_ENV_CLASSPATH) or None
     if requested is None:
-        if not _DEBIAN_JAR.is_file():
-            raise _not_installed(f"ZooKeeper jar {_DEBIAN_JAR} not found")
-        entries = [_DEBIAN_JAR]
+        if not DEBIAN_JAR.is_file():
+            raise _not_installed(f"ZooKeeper jar {DEBIAN_JAR} not found")
+        entries = [DEBIAN_JAR]
         if all(jar.is_file() for jar in _DEBIAN_LOGGING_JARS):
             entries.extend(_DEBIAN_LOGGING_JARS)
         return os.pathsep.join(str(entry) for entry in entries)

@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -47,15 +48,27 @@ _LOG_TAIL_LINES = 40
 # --------------------------------------------------------------------------- four letter words
 
 
-def four_letter_word(port: int, command: str, *, host: str = "127.0.0.1", timeout: float = 1.0) -> str:
+def four_letter_word(
+    port: int,
+    command: str,
+    *,
+    host: str = "127.0.0.1",
+    timeout: float = 1.0,
+    tls: ssl.SSLContext | None = None,
+) -> str:
     """Send a ZooKeeper four-letter-word command (``ruok``, ``srvr``, ``mntr``...) and return the answer.
+
+    ``tls`` is the context for a TLS-only server (`ZooKeeperEnsemble.tls_context`).
 
     Raises:
         OSError: the server cannot be reached or did not answer within ``timeout``.
     """
     deadline = time.monotonic() + timeout
     chunks: list[bytes] = []
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(socket.create_connection((host, port), timeout=timeout))
+        if tls is not None:
+            sock = stack.enter_context(tls.wrap_socket(sock, server_hostname=host))
         sock.sendall(command.encode("ascii"))
         while True:
             remaining = deadline - time.monotonic()
@@ -69,12 +82,12 @@ def four_letter_word(port: int, command: str, *, host: str = "127.0.0.1", timeou
     return b"".join(chunks).decode("utf-8", errors="replace")
 
 
-def _server_mode(port: int, timeout: float) -> str | None:
+def _server_mode(port: int, timeout: float, tls: ssl.SSLContext | None) -> str | None:
     """The member's mode if it serves clients, else None."""
     try:
-        if four_letter_word(port, "ruok", timeout=timeout).strip() != "imok":
+        if four_letter_word(port, "ruok", timeout=timeout, tls=tls).strip() != "imok":
             return None
-        answer = four_letter_word(port, "srvr", timeout=timeout)
+        answer = four_letter_word(port, "srvr", timeout=timeout, tls=tls)
     except OSError:
         return None
     for line in answer.splitlines():
@@ -111,6 +124,7 @@ class ZooKeeperMember:
         election_port: int,
         data_dir: Path,
         spec: _LaunchSpec,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._index = index
         self._client_port = client_port
@@ -118,6 +132,7 @@ class ZooKeeperMember:
         self._election_port = election_port
         self._data_dir = data_dir
         self._spec = spec
+        self._tls = tls  # set: the client port speaks TLS only, and this context talks to it
         self._process: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
 
@@ -137,7 +152,7 @@ class ZooKeeperMember:
 
     @property
     def client_port(self) -> int:
-        """Port on 127.0.0.1 that clients connect to."""
+        """Port on 127.0.0.1 that clients connect to (ZooKeeper's ``secureClientPort`` with TLS)."""
         return self._client_port
 
     @property
@@ -189,7 +204,7 @@ class ZooKeeperMember:
         """``"leader"``, ``"follower"`` or ``"standalone"`` while serving clients, else None."""
         if not self.running:
             return None
-        return _server_mode(self._client_port, timeout)
+        return _server_mode(self._client_port, timeout, self._tls)
 
     def is_serving(self, timeout: float = 1.0) -> bool:
         """True when the member answers ``ruok`` and reports a serving mode."""
@@ -224,8 +239,16 @@ class ZooKeeperMember:
 
     def _write_config(self, servers: Sequence[ZooKeeperMember], settings: Mapping[str, str]) -> None:
         self._data_dir.mkdir(parents=True, exist_ok=True)
-        lines = [f"dataDir={self._data_dir}", f"clientPort={self._client_port}"]
-        lines += [f"{key}={value}" for key, value in settings.items()]
+        lines = [f"dataDir={self._data_dir}"]
+        if self._tls is None:
+            lines.append(f"clientPort={self._client_port}")
+            lines += [f"{key}={value}" for key, value in settings.items()]
+        else:  # TLS only: no plain port at all (ZooKeeper refuses a plain port's address without it)
+            lines.append(f"secureClientPort={self._client_port}")
+            lines += [
+                f"{key.replace('clientPortAddress', 'secureClientPortAddress')}={value}"
+                for key, value in settings.items()
+            ]
         if len(servers) > 1:
             lines += [
                 f"server.{server.server_id}=127.0.0.1:{server.quorum_port}:{server.election_port}"
