@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks: ZooKeeper, Curator (for interop tests), a JDK, and zklb
-# itself with its test extras in ./.venv. Idempotent: a second run installs nothing new.
+# itself with its test and docs extras in ./.venv. Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +27,6 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import zklb, kazoo, tenacity, httpx, requests, pytest" \
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,docs]' 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import zklb, kazoo, tenacity, httpx, requests, pytest, prometheus_client, opentelemetry.sdk, mkdocs" \
   || { echo "setup: the Python environment is incomplete" >&2; exit 1; }
