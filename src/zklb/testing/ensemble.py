@@ -93,7 +93,8 @@ class ZooKeeperEnsemble:
         java: path or name of the java binary (default: ``ZKLB_JAVA``, then ``java`` on PATH).
         classpath: ZooKeeper classpath (default: ``ZKLB_ZOOKEEPER_CLASSPATH``, then the Debian jars).
         tick_time_ms: ZooKeeper ``tickTime``; failure detection between members scales with it.
-        min_session_timeout_ms / max_session_timeout_ms: session timeouts clients may negotiate.
+        min_session_timeout_ms: the shortest session timeout clients may negotiate.
+        max_session_timeout_ms: the longest session timeout clients may negotiate.
         jvm_flags: JVM options replacing :data:`DEFAULT_JVM_FLAGS`.
         extra_config: additional or overriding ``zoo.cfg`` settings.
         base_dir: parent directory for the temporary directories (default: the system temp dir).
