@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import threading
-from collections.abc import Callable
 
+from bench_pick import acquire_release
 from prometheus_client import CollectorRegistry, generate_latest
 from timing import best_ns_per_call
 
@@ -32,16 +32,6 @@ def balancer() -> LoadBalancer:
         ServiceInstance(id=f"i{k}", host="127.0.0.1", port=8000 + k, weight=1 + k % 3) for k in range(10)
     ]
     return LoadBalancer.static(servers, strategy="least_connections")
-
-
-def acquire_release(lb: LoadBalancer) -> Callable[[], None]:
-    acquire = lb.acquire
-
-    def once() -> None:
-        with acquire():
-            pass
-
-    return once
 
 
 class Scraper:
