@@ -24,13 +24,13 @@ from types import FrameType
 
 from zklb.errors import ConfigurationError
 
-__all__ = ["install_shutdown"]
+__all__ = ["Handler", "chain", "install_shutdown"]
 
 log = logging.getLogger("zklb")
 
 #: ``shutdown(cut_short)``: drain (waiting until ``cut_short`` is set at most), then deregister.
 Shutdown = Callable[[threading.Event], None]
-_Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
+Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
 
 
 def install_shutdown(signum: int, shutdown: Shutdown, *, name: str) -> None:
@@ -59,7 +59,7 @@ class _ShutdownHandler:
 
     def __init__(self, signum: signal.Signals, shutdown: Shutdown, name: str) -> None:
         self.signum = signum
-        self.previous: _Handler = signal.SIG_DFL
+        self.previous: Handler = signal.SIG_DFL
         self._shutdown = shutdown
         self._name = name
         self._cut_short = threading.Event()
@@ -89,11 +89,20 @@ class _ShutdownHandler:
             os.kill(os.getpid(), self.signum)
 
     def _chain(self, signum: int, frame: FrameType | None) -> None:
-        previous = self.previous
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_IGN:
-            return
-        else:  # SIG_DFL, or a handler not installed from Python (None): the default action
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+        chain(self.previous, signum, frame)
+
+
+def chain(previous: Handler, signum: int, frame: FrameType | None) -> None:
+    """Do what ``previous`` (a handler `signal.signal` returned) would have done with the signal.
+
+    A Python handler is called; ``SIG_IGN`` does nothing; the default action (``SIG_DFL``, or ``None``
+    for a handler not installed from Python) is restored and the signal raised again, so the process
+    ends as if no handler had been there. On the main thread only, as every signal handler.
+    """
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_IGN:
+        return
+    else:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)

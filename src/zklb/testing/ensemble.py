@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from zklb.testing import _ports
+from zklb.testing import _cleanup, _ports
 from zklb.testing.errors import ZooKeeperNotInstalled, ZooKeeperStartError
 from zklb.testing.install import DEBIAN_JAR, ZooKeeperInstallation, find_zookeeper
 from zklb.testing.member import DEFAULT_JVM_FLAGS, ZooKeeperMember, _LaunchSpec
@@ -77,6 +77,7 @@ class _Resources:
         self.root: Path | None = None
 
     def release(self) -> None:
+        _cleanup.untrack(self)
         _kill_members(self.members)
         _ports.release_ports(port for member in self.members for port in member._ports)
         if self.root is not None:
@@ -374,6 +375,7 @@ class ZooKeeperEnsemble:
     def _create_members(self) -> None:
         root = Path(tempfile.mkdtemp(prefix="zklb-zookeeper-", dir=self._base_dir))
         self._resources.root = root
+        _cleanup.track(self._resources)  # a SIGTERM now must not leave servers or directories behind
         context: ssl.SSLContext | None = None
         settings = self._settings
         if self._keytool is not None:

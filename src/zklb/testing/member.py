@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from zklb.testing import _cleanup
 from zklb.testing.install import ZooKeeperInstallation
 
 __all__ = ["DEFAULT_JVM_FLAGS", "ZooKeeperMember", "four_letter_word"]
@@ -288,7 +289,8 @@ class ZooKeeperMember:
             log.write(f"\n===== zklb.testing: starting member {self._index} at {stamp} =====\n".encode())
             log.flush()
             self._log_offset = log.tell()
-            self._process = subprocess.Popen(
+            # Started so that it dies with this process, even a SIGKILLed one (see _cleanup).
+            self._process = _cleanup.popen(
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
