@@ -111,9 +111,9 @@ def test_sigint_skips_the_drain_and_on_exit_deregisters(
     server = run_gunicorn
     wait_until(lambda: server.booted_workers() == WORKERS, 30, f"{WORKERS} workers to boot\n{server.text()}")
     path = f"/services/{service}"
-    wait_until(lambda: zk.exists(path) and zk.get_children(path), 10, "the registration")
+    wait_until(lambda: zk.exists(path) and zk.get_children(path), 10, f"the registration\n{server.text()}")
     server.process.send_signal(signal.SIGINT)  # quick shutdown: gunicorn's own, no drain
     assert server.process.wait(timeout=30) == 0, server.text()
     zk.sync(path)
-    assert zk.get_children(path) == []
+    assert zk.get_children(path) == [], server.text()
     assert "zklb: draining" not in server.text()
