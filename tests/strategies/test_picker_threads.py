@@ -14,11 +14,15 @@ import pytest
 from zklb.instance import ServiceInstance
 from zklb.membership import Membership
 from zklb.strategies import (
+    ConsistentHash,
     LeastConnections,
+    LeastRequest,
+    PeakEwma,
     PowerOfTwoChoices,
     RandomChoice,
     RoundRobin,
     Strategy,
+    WeightedRandom,
     WeightedRoundRobin,
     least_connections,
 )
@@ -49,6 +53,11 @@ def frequent_thread_switches() -> Iterator[None]:
         LeastConnections(),
         RandomChoice(random.Random(1)),
         PowerOfTwoChoices(random.Random(2)),
+        WeightedRandom(random.Random(4)),
+        LeastRequest(rng=random.Random(5)),
+        LeastRequest(3, 0.5, rng=random.Random(6)),
+        ConsistentHash(rng=random.Random(7)),
+        PeakEwma(rng=random.Random(8)),
     ],
     ids=repr,
 )

@@ -19,7 +19,17 @@ from zklb.strategies import (
     strategy_names,
 )
 
-BUILT_IN = ("least_connections", "power_of_two_choices", "random", "round_robin", "weighted_round_robin")
+BUILT_IN = (
+    "consistent_hash",
+    "least_connections",
+    "least_request",
+    "peak_ewma",
+    "power_of_two_choices",
+    "random",
+    "round_robin",
+    "weighted_random",
+    "weighted_round_robin",
+)
 
 
 @pytest.fixture(autouse=True)

@@ -1,10 +1,11 @@
 """Load-balancing strategies and the registry that maps names to them.
 
 Built in: ``"round_robin"``, ``"weighted_round_robin"``, ``"least_connections"``, ``"random"``,
-``"power_of_two_choices"``. More can be added with `register_strategy`, or published by another
-distribution under the entry-point group ``"zklb.strategies"`` (each entry point names a zero-argument
-callable, usually the class, that returns a `Strategy`); those are discovered the first time a name
-is not found, and imported only when asked for.
+``"power_of_two_choices"``, ``"weighted_random"``, ``"least_request"``, ``"consistent_hash"``,
+``"peak_ewma"`` (docs/strategies.md compares them). More can be added with `register_strategy`, or
+published by another distribution under the entry-point group ``"zklb.strategies"`` (each entry point
+names a zero-argument callable, usually the class, that returns a `Strategy`); those are discovered the
+first time a name is not found, and imported only when asked for.
 """
 
 from __future__ import annotations
@@ -15,19 +16,28 @@ from importlib.metadata import EntryPoint, entry_points
 
 from zklb.errors import UnknownStrategy
 from zklb.strategies.base import Picker, Strategy
+from zklb.strategies.consistent_hash import ConsistentHash, HashKey
 from zklb.strategies.least_connections import LeastConnections
+from zklb.strategies.least_request import LeastRequest
+from zklb.strategies.peak_ewma import PeakEwma
 from zklb.strategies.random import PowerOfTwoChoices, RandomChoice
 from zklb.strategies.round_robin import RoundRobin
 from zklb.strategies.weighted import WeightedRoundRobin
+from zklb.strategies.weighted_random import WeightedRandom
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "ConsistentHash",
+    "HashKey",
     "LeastConnections",
+    "LeastRequest",
+    "PeakEwma",
     "Picker",
     "PowerOfTwoChoices",
     "RandomChoice",
     "RoundRobin",
     "Strategy",
+    "WeightedRandom",
     "WeightedRoundRobin",
     "create_strategy",
     "register_strategy",
@@ -129,6 +139,16 @@ def _entry_point_factory(entry_point: EntryPoint) -> StrategyFactory:
     return factory
 
 
-for _strategy in (RoundRobin, WeightedRoundRobin, LeastConnections, RandomChoice, PowerOfTwoChoices):
+for _strategy in (
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConnections,
+    RandomChoice,
+    PowerOfTwoChoices,
+    WeightedRandom,
+    LeastRequest,
+    ConsistentHash,
+    PeakEwma,
+):
     register_strategy(_strategy.name, _strategy)
 del _strategy

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from zklb.instance import ServiceInstance
 from zklb.membership import Membership
+from zklb.strategies._counts import InFlightCounts
 from zklb.strategies.base import Picker
 
 __all__ = ["PowerOfTwoChoices", "PowerOfTwoChoicesPicker", "RandomChoice", "RandomPicker"]
@@ -96,7 +97,7 @@ class PowerOfTwoChoices:
         return "PowerOfTwoChoices()"
 
 
-class PowerOfTwoChoicesPicker:
+class PowerOfTwoChoicesPicker(InFlightCounts):
     """Two random candidates, the less loaded wins; loads compared exactly by cross-multiplying.
 
     Threading: ``pick`` reads two counts from a list the mutators update in place; a count one update
@@ -105,16 +106,11 @@ class PowerOfTwoChoicesPicker:
 
     tracks_load: bool = True
 
-    __slots__ = ("_in_flight", "_index", "_instances", "_random", "_rng", "_size", "_weights")
+    __slots__ = ("_random", "_rng", "_size", "_weights")
 
     def __init__(self, membership: Membership, rng: random.Random) -> None:
-        instances = membership.instances
-        if not instances:
-            raise ValueError(f"cannot balance over the empty membership of {membership.service!r}")
-        self._instances = instances
-        self._index = {inst.id: i for i, inst in enumerate(instances)}
+        instances = self._track(membership)
         self._weights = [inst.weight for inst in instances]
-        self._in_flight = [0] * len(instances)
         self._size = float(len(instances))
         self._rng = rng
         self._random: Callable[[], float] = rng.random
@@ -131,36 +127,10 @@ class PowerOfTwoChoicesPicker:
             a = b
         return self._instances[a]
 
-    def pick_excluding(self, exclude: Collection[str]) -> ServiceInstance | None:
-        """Power of two choices among the instances whose id is not in ``exclude``, or None. O(n)."""
-        if not exclude:
-            return self.pick()
-        rest = [i for i, inst in enumerate(self._instances) if inst.id not in exclude]
-        if not rest:
-            return None
+    def _best_of(self, rest: list[int]) -> int:
+        """Power of two choices among the indices ``rest`` (for ``pick_excluding``)."""
         a = self._rng.choice(rest)
         b = self._rng.choice(rest)
         if self._in_flight[b] * self._weights[a] < self._in_flight[a] * self._weights[b]:
             a = b
-        return self._instances[a]
-
-    def seed(self, in_flight: Mapping[str, int]) -> None:
-        """Replace all in-flight counts (unknown ids ignored, absent ids count 0). O(n)."""
-        counts = [0] * len(self._instances)
-        for instance_id, value in in_flight.items():
-            i = self._index.get(instance_id)
-            if i is not None:
-                counts[i] = max(0, int(value))
-        self._in_flight = counts
-
-    def acquired(self, instance: ServiceInstance) -> None:
-        """One more request in flight to ``instance`` (ignored if not in the snapshot). O(1)."""
-        i = self._index.get(instance.id)
-        if i is not None:
-            self._in_flight[i] += 1
-
-    def released(self, instance: ServiceInstance, success: bool, latency: float) -> None:
-        """One request to ``instance`` ended; the count never goes below 0. O(1)."""
-        i = self._index.get(instance.id)
-        if i is not None and self._in_flight[i] > 0:
-            self._in_flight[i] -= 1
+        return a
