@@ -33,6 +33,7 @@ from zklb.balancer import Lease, LoadBalancer
 from zklb.errors import NoServerAvailable
 from zklb.instance import ServiceInstance
 from zklb.retry import RetryPolicy
+from zklb.strategies import HashKey
 
 __all__ = ["Attempts", "ClientHooks", "end_lease", "is_cancellation"]
 
@@ -109,6 +110,7 @@ class Attempts(Generic[R]):
         "_free",
         "_gave_up",
         "_hooks",
+        "_key",
         "_last",
         "_lb",
         "_policy",
@@ -126,8 +128,10 @@ class Attempts(Generic[R]):
         *,
         method: str,
         replayable: bool,
+        key: HashKey | None = None,
     ) -> None:
         self._lb = lb
+        self._key = key  # consistent_hash's key: each attempt goes to the key's owner, then its next choices
         self._hooks = hooks
         # A request that may not be retried needs no policy at all: skip every retry step.
         self._policy = policy if policy is not None and replayable and policy.allows(method) else None
@@ -263,7 +267,7 @@ class Attempts(Generic[R]):
 
     def _first_lease(self) -> Lease:
         # NoServerAvailable here reaches the caller as is: there was never a server to try.
-        lease = self._lb.acquire()
+        lease = self._lb.acquire(key=self._key)
         self._tried.append(lease.server)
         return lease
 
@@ -277,7 +281,7 @@ class Attempts(Generic[R]):
                 return None
             self._retrying_now = True
         try:
-            lease = self._lb.acquire(exclude=self._tried)
+            lease = self._lb.acquire(exclude=self._tried, key=self._key)
         except NoServerAvailable:
             self._end_retry()
             return None

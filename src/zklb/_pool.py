@@ -37,7 +37,7 @@ from zklb.instance import ServiceInstance
 from zklb.lease import Lease, current_lease
 from zklb.membership import Membership
 from zklb.stats import EWMA_ALPHA, InstanceStats, StatsRecorder
-from zklb.strategies import Picker, Strategy, create_strategy
+from zklb.strategies import HashKey, Picker, Strategy, create_strategy
 
 __all__ = ["DEFAULT_HEALTH", "Pool", "State"]
 
@@ -137,22 +137,27 @@ class Pool:
 
     # -- the hot path ----------------------------------------------------------------------------
 
-    def get_server(self) -> ServiceInstance:
+    def get_server(self, key: HashKey | None = None) -> ServiceInstance:
         """The next server by the current strategy, skipping ejected and draining ones.
 
         Lock-free and without I/O: one reference read and the strategy's pick (O(1) for the built-ins).
-        Raises `NoServerAvailable` when the pool is empty, `ClosedError` once closed.
+        ``key`` (str, bytes or int) is for ``consistent_hash``, which maps equal keys to the same
+        server; other strategies ignore it. Raises `NoServerAvailable` when the pool is empty,
+        `ClosedError` once closed.
         """
-        return self._pick()
+        if key is None:
+            return self._pick()
+        return self._pick_by_key(key, ())
 
-    def acquire(self, exclude: Collection[str | ServiceInstance] = ()) -> Lease:
+    def acquire(self, exclude: Collection[str | ServiceInstance] = (), key: HashKey | None = None) -> Lease:
         """Pick a server and count a request on it until the returned `Lease` is released.
 
         Use as ``with lb.acquire() as server:``. ``exclude`` (instances or ids) skips servers already
-        tried, as retries do; `NoServerAvailable` if nothing is left. No I/O; one short lock.
+        tried, as retries do; `NoServerAvailable` if nothing is left. ``key`` as for `get_server`.
+        No I/O; one short lock.
         """
-        if exclude or not self._fast:  # False also while releases are queued (see _release)
-            return self._acquire_slow(exclude)
+        if exclude or key is not None or not self._fast:  # _fast is False while releases are queued
+            return self._acquire_slow(exclude, key)
         lock = self._lock
         # acquire()/release() rather than ``with``: half the cost, and this runs on every request.
         lock.acquire()
@@ -174,7 +179,9 @@ class Pool:
             lock.release()
         return Lease(self, server, perf_counter())
 
-    def _acquire_slow(self, exclude: Collection[str | ServiceInstance]) -> Lease:
+    def _acquire_slow(
+        self, exclude: Collection[str | ServiceInstance], hash_key: HashKey | None = None
+    ) -> Lease:
         if self._state is not State.STARTED:
             self._ensure_started()
         self._expire_due()
@@ -188,7 +195,16 @@ class Pool:
             skipped = self._skipped
             avoid = skipped | ids if ids else skipped
             fused = self._acquire_pick
-            server = self._take_locked(fused, picker, avoid) if fused is not None and avoid else None
+            pick_key = None if hash_key is None else getattr(picker, "pick_key", None)
+            if pick_key is not None:
+                # The key's owner, else its next choice past what is skipped or tried: then past tried only.
+                server = pick_key(hash_key, avoid)
+                if server is None and skipped:
+                    server = pick_key(hash_key, ids)
+            elif fused is not None and avoid:
+                server = self._take_locked(fused, picker, avoid)
+            else:
+                server = None
             if server is None:
                 server = _choose(picker, avoid)
                 if server is None and skipped:
@@ -342,6 +358,22 @@ class Pool:
 
     def _closed(self) -> ServiceInstance:
         raise ClosedError(f"load balancer for {self.service!r} is closed")
+
+    def _pick_by_key(self, key: HashKey, exclude: Collection[str]) -> ServiceInstance:
+        """``get_server(key=...)``: the key's owner by a keyed strategy, past skipped instances."""
+        if self._state is not State.STARTED:
+            self._ensure_started()
+        picker = self._picker
+        pick_key = getattr(picker, "pick_key", None)
+        if pick_key is None:
+            return self._pick()  # not a keyed strategy (or no picker): the key is ignored
+        if self._skipped:
+            self._expire_due()
+        server: ServiceInstance | None = pick_key(key, self._skipped)
+        if server is None:
+            server = pick_key(key, ())  # everything skipped: better the owner than nothing
+        assert server is not None
+        return server
 
     def _pick_skipping(self) -> ServiceInstance:
         """The pick function while some instances are ejected or draining: re-pick past them."""
@@ -528,6 +560,10 @@ class Pool:
                 stats.latency_ewma = latency if ewma is None else ewma + EWMA_ALPHA * (latency - ewma)
             if counted and picker is not None and picker.tracks_load:
                 picker.released(server, success, latency or 0.0)
+            elif not counted and latency is not None and picker is not None:
+                observe = getattr(picker, "observe", None)  # a latency-aware picker (peak_ewma)
+                if observe is not None:
+                    observe(server, latency)
         finally:
             lock.release()
         if self._deferred and not self._draining_now:

@@ -28,14 +28,19 @@ except ImportError as exc:
 
 import functools
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from typing import TypeAlias
 
 from zklb._attempts import Attempts, ClientHooks, end_lease
 from zklb.balancer import Lease, LoadBalancer
 from zklb.errors import NoServerAvailable, RegistryError
 from zklb.instance import DEFAULT_PORTS, ServiceInstance
 from zklb.retry import RetryPolicy, is_failure_status, resolve_policy
+from zklb.strategies import HashKey
 
-__all__ = ["AsyncLoadBalancedTransport", "LoadBalancedTransport", "NoServerAvailableError"]
+__all__ = ["AsyncLoadBalancedTransport", "LoadBalancedTransport", "NoServerAvailableError", "RequestKey"]
+
+#: A request's hash key for ``consistent_hash``, from the request (None: no key for this one).
+RequestKey: TypeAlias = Callable[[httpx.Request], HashKey | None]
 
 
 class NoServerAvailableError(NoServerAvailable, httpx.ConnectError):
@@ -147,7 +152,7 @@ def _cut_timeout(timeout: object, time_left: float) -> dict[str, float]:
 class _Balancing:
     """The sync-agnostic part of both transports: which requests, rewritten how, counted how."""
 
-    __slots__ = ("hosts", "lb", "leases", "policy", "preserve_host")
+    __slots__ = ("hosts", "key", "lb", "leases", "policy", "preserve_host")
 
     def __init__(
         self,
@@ -155,8 +160,10 @@ class _Balancing:
         preserve_host: bool,
         retry: RetryPolicy | bool | None,
         hosts: Collection[str] | None,
+        key: RequestKey | None = None,
     ) -> None:
         self.lb = lb
+        self.key = key
         self.preserve_host = preserve_host
         self.policy = resolve_policy(retry)
         self.hosts = frozenset(h.lower() for h in (hosts if hosts is not None else (lb.service,)))
@@ -170,7 +177,8 @@ class _Balancing:
     def attempts(self, request: httpx.Request) -> Attempts[httpx.Response]:
         # A ByteStream body is in memory and can be sent again; a generator or file cannot.
         replayable = isinstance(request.stream, httpx.ByteStream)
-        return Attempts(self.lb, self.policy, _HOOKS, method=request.method, replayable=replayable)
+        key = None if self.key is None else self.key(request)
+        return Attempts(self.lb, self.policy, _HOOKS, method=request.method, replayable=replayable, key=key)
 
     def rewrite(
         self, request: httpx.Request, server: ServiceInstance, time_left: float | None
@@ -303,6 +311,8 @@ class LoadBalancedTransport(httpx.BaseTransport):
       address, for servers that route on it.
     - ``retry``: a `RetryPolicy`, True for a new default policy, False or None for no retries.
     - ``hosts``: the host names to balance (default: ``lb.service``); other hosts pass through.
+    - ``key``: a function of the request giving its hash key for ``consistent_hash`` (e.g.
+      ``lambda r: r.headers.get("x-user")``; None for no key), passed on to ``lb.acquire(key=...)``.
 
     A connection error, a timeout or a 5xx response counts as a failure of the instance. An empty pool
     raises `NoServerAvailableError` (an ``httpx.ConnectError``). The instance stays in flight until the
@@ -319,8 +329,9 @@ class LoadBalancedTransport(httpx.BaseTransport):
         preserve_host: bool = False,
         retry: RetryPolicy | bool | None = True,
         hosts: Collection[str] | None = None,
+        key: RequestKey | None = None,
     ) -> None:
-        self._core = _Balancing(lb, preserve_host, retry, hosts)
+        self._core = _Balancing(lb, preserve_host, retry, hosts, key)
         self._transport = transport if transport is not None else httpx.HTTPTransport()
 
     @property
@@ -378,8 +389,9 @@ class AsyncLoadBalancedTransport(httpx.AsyncBaseTransport):
         preserve_host: bool = False,
         retry: RetryPolicy | bool | None = True,
         hosts: Collection[str] | None = None,
+        key: RequestKey | None = None,
     ) -> None:
-        self._core = _Balancing(lb, preserve_host, retry, hosts)
+        self._core = _Balancing(lb, preserve_host, retry, hosts, key)
         self._transport = transport if transport is not None else httpx.AsyncHTTPTransport()
 
     @property

@@ -33,8 +33,8 @@ except ImportError as exc:
 import functools
 import os
 import weakref
-from collections.abc import Collection, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Collection, Iterator, Mapping
+from typing import Any, TypeAlias
 from urllib.parse import SplitResult, urlsplit
 from urllib.request import getproxies
 
@@ -50,8 +50,12 @@ from zklb.balancer import Lease, LoadBalancer
 from zklb.errors import NoServerAvailable
 from zklb.instance import DEFAULT_PORTS, ServiceInstance
 from zklb.retry import RetryPolicy, is_failure_status, resolve_policy
+from zklb.strategies import HashKey
 
-__all__ = ["LoadBalancedAdapter", "NoServerAvailableError", "mount"]
+__all__ = ["LoadBalancedAdapter", "NoServerAvailableError", "RequestKey", "mount"]
+
+#: A request's hash key for ``consistent_hash``, from the prepared request (None: no key for this one).
+RequestKey: TypeAlias = Callable[[requests.PreparedRequest], HashKey | None]
 
 _Timeout = float | tuple[float, float] | tuple[float, None] | None
 _Cert = bytes | str | tuple[bytes | str, bytes | str] | None
@@ -136,12 +140,15 @@ _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTT
 class _Route:
     """One balancer as an adapter uses it: its retry policy and which ``Host`` header to send."""
 
-    __slots__ = ("lb", "policy", "preserve_host")
+    __slots__ = ("key", "lb", "policy", "preserve_host")
 
-    def __init__(self, lb: LoadBalancer, policy: RetryPolicy | None, preserve_host: bool) -> None:
+    def __init__(
+        self, lb: LoadBalancer, policy: RetryPolicy | None, preserve_host: bool, key: RequestKey | None
+    ) -> None:
         self.lb = lb
         self.policy = policy
         self.preserve_host = preserve_host
+        self.key = key
 
 
 class LoadBalancedAdapter(HTTPAdapter):
@@ -157,6 +164,8 @@ class LoadBalancedAdapter(HTTPAdapter):
     - ``retry``: a `RetryPolicy`, True for a new default policy, False or None for no retries.
     - ``hosts``: the host names to balance (default: ``lb.service``); requests to other hosts are sent
       as a plain `HTTPAdapter` would, which matters only when it is mounted more widely.
+    - ``key``: a function of the request giving its hash key for ``consistent_hash`` (e.g.
+      ``lambda r: r.headers.get("x-user")``; None for no key), passed on to ``lb.acquire(key=...)``.
     - other keyword arguments (``pool_connections``, ``pool_maxsize``, ``max_retries``, ``pool_block``)
       go to `HTTPAdapter`; ``max_retries`` are urllib3's retries on the same instance.
 
@@ -174,9 +183,10 @@ class LoadBalancedAdapter(HTTPAdapter):
         preserve_host: bool = False,
         retry: RetryPolicy | bool | None = True,
         hosts: Collection[str] | None = None,
+        key: RequestKey | None = None,
         **kwargs: Any,
     ) -> None:
-        self._route = _Route(lb, resolve_policy(retry), preserve_host)
+        self._route = _Route(lb, resolve_policy(retry), preserve_host, key)
         names = hosts if hosts is not None else (lb.service,)
         self._routes: dict[str, _Route] = {name.lower(): self._route for name in names}
         # Set by mount(): the adapters the session had for other hosts, by scheme, and the session.
@@ -227,6 +237,7 @@ class LoadBalancedAdapter(HTTPAdapter):
             _HOOKS,
             method=request.method or "GET",
             replayable=_replayable(request.body),
+            key=None if route.key is None else route.key(request),
         )
         try:
             return attempts.run(functools.partial(self._send, request, url, route, options, attempts))
@@ -325,11 +336,13 @@ class LoadBalancedAdapter(HTTPAdapter):
                 merged[key] = value
         return merged
 
-    def _add(self, lb: LoadBalancer, preserve_host: bool, retry: RetryPolicy | bool | None) -> None:
+    def _add(
+        self, lb: LoadBalancer, preserve_host: bool, retry: RetryPolicy | bool | None, key: RequestKey | None
+    ) -> None:
         name = lb.service.lower()
         if name in self._routes:
             raise ValueError(f"two balancers for service {lb.service!r}: which one is meant is unclear")
-        self._routes[name] = _Route(lb, resolve_policy(retry), preserve_host)
+        self._routes[name] = _Route(lb, resolve_policy(retry), preserve_host, key)
 
     def close(self) -> None:
         """Close the connection pools, and the adapters `mount` took over for other hosts.
@@ -360,6 +373,7 @@ def mount(
     *balancers: LoadBalancer,
     preserve_host: bool = False,
     retry: RetryPolicy | bool | None = True,
+    key: RequestKey | None = None,
     **kwargs: Any,
 ) -> LoadBalancedAdapter:
     """Balance every request ``session`` makes to one of the ``balancers``' services; the recommended setup.
@@ -379,18 +393,18 @@ def mount(
     closes those with itself. Adapters mounted on longer prefixes (``http://other/``) still take
     precedence, as requests orders them.
 
-    ``preserve_host`` is `LoadBalancedAdapter`'s, ``kwargs`` `HTTPAdapter`'s (``pool_maxsize``, ...).
-    ``retry``: True gives each balancer a new default policy (and its own budget); a `RetryPolicy` is
-    shared by all. Returns the adapter.
+    ``preserve_host`` and ``key`` are `LoadBalancedAdapter`'s (for every balancer), ``kwargs``
+    `HTTPAdapter`'s (``pool_maxsize``, ...). ``retry``: True gives each balancer a new default policy
+    (and its own budget); a `RetryPolicy` is shared by all. Returns the adapter.
     """
     if not balancers:
         raise ValueError("mount() needs at least one balancer")
     if "hosts" in kwargs:  # it would apply to the first balancer only
         raise TypeError("mount() balances each balancer's service; for other names, mount adapters by hand")
     first, *others = balancers
-    adapter = LoadBalancedAdapter(first, preserve_host=preserve_host, retry=retry, **kwargs)
+    adapter = LoadBalancedAdapter(first, preserve_host=preserve_host, retry=retry, key=key, **kwargs)
     for lb in others:
-        adapter._add(lb, preserve_host, retry)
+        adapter._add(lb, preserve_host, retry, key)
     for scheme in ("http", "https"):
         prefix = f"{scheme}://"
         try:
