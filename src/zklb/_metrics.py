@@ -58,7 +58,13 @@ SERIES = (
     Series("zklb_panic", "gauge", "1 while the pool is in panic (ejected instances are picked again)."),
     Series("zklb_membership_version", "gauge", "Version of the membership picks use."),
     Series("zklb_connected", "gauge", "1 while the balancer's ZooKeeper session is connected, else 0."),
-    Series("zklb_requests", "counter", "Requests finished on the instance, failed ones included.", "{request}", per_instance=True),
+    Series(
+        "zklb_requests",
+        "counter",
+        "Requests finished on the instance, failed ones included.",
+        "{request}",
+        per_instance=True,
+    ),
     Series(
         "zklb_request_failures",
         "counter",
