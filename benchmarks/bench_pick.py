@@ -24,7 +24,7 @@ from zklb import LoadBalancer, ServiceInstance
 
 STRATEGIES = ("round_robin", "weighted_round_robin", "least_connections")
 TARGETS = {"round_robin": 1.5, "weighted_round_robin": 2.0, "least_connections": 2.5}
-ACQUIRE_TARGET = 15.0
+ACQUIRE_TARGET = 10.0
 
 
 def instances(n: int, max_weight: int, seed: int = 7) -> list[ServiceInstance]:

@@ -7,10 +7,15 @@ is a pool and nothing more.
 Rules of this module:
 
 - The hot path (``get_server()``) reads one reference, the current pick function, and calls it: no
-  lock, no I/O. ``acquire()`` adds a short lock around the in-flight count; nothing slow ever holds it.
-- A membership change or a strategy change builds the new picker off to the side (under ``_update_lock``,
-  which the hot path never takes), then swaps it in under the short lock together with the in-flight
-  counts, so counts of instances that stay survive the change and never go negative.
+  lock, no I/O. ``acquire()`` and a lease's release count on the instance's `StatsRecorder` with
+  lock-free counters, and record a success there without a lock too. Only a picker that tracks load
+  (least connections) makes them take the short lock, around its own update; so do failures and
+  successes that end a probation or a run of failures (health decisions are serialised).
+- Nothing holds the short lock for more than O(1) but a rebuild's swap: ``stats()`` and
+  ``pool_stats()`` take references under it (health's tables are copy-on-write) and build outside.
+- A membership change or a strategy change builds the new picker and counters off to the side (under
+  ``_update_lock``, which the hot path never takes), then swaps them in under the short lock. The
+  counters of instances that stay are the same objects, so in-flight counts survive the change.
 - Ejected and draining instances are *skipped*, not removed: the picker is not rebuilt when one is
   ejected. While nothing is ejected or skipped the pick function is the picker's own ``pick`` (no
   cost); otherwise a wrapper that re-picks past skipped ones and brings ejected ones back on time.
@@ -23,6 +28,7 @@ Rules of this module:
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import threading
 import time
@@ -70,23 +76,23 @@ class Pool:
         "__weakref__",
         "_acquire_pick",
         "_deferred",
+        "_departed",
         "_draining",
         "_draining_now",
         "_fast",
         "_fast_ok",
         "_health",
-        "_in_flight",
         "_installed",
         "_lock",
+        "_lock_free",
         "_membership",
         "_panic",
         "_phantom",
         "_pick",
         "_picker",
-        "_probation",
         "_skipped",
+        "_slots",
         "_state",
-        "_stats",
         "_strategy",
         "_update_lock",
         "root",
@@ -109,21 +115,24 @@ class Pool:
         self._state = State.NEW
         # Serialises rebuilds (membership or strategy changes); the hot path never takes it.
         self._update_lock = threading.Lock()
-        # Guards in-flight counts, stats, health and the swap; held for a few hundred nanoseconds at most.
+        # Guards a load-tracking picker's updates, health and the swap; held for O(1) (a few hundred
+        # nanoseconds) except by the swap of a rebuild.
         self._lock = threading.Lock()
         self._membership = Membership(service=self.service, version=0)
         # Notified after each swap, for wait_for(); never taken on the hot path.
         self._installed = threading.Condition(threading.Lock())
         self._picker: Picker | None = None
+        # A load-tracking picker's pick-and-count (run under the lock), or None: counting is lock-free.
         self._acquire_pick: Callable[[], ServiceInstance] | None = None
-        self._in_flight: dict[str, int] = {}
-        self._stats: dict[str, StatsRecorder] = {}
+        self._lock_free = True  # no load-tracking picker: a lease's success needs no lock (lease.py)
+        # The counters of each instance in the membership (swapped with it), and of instances that left
+        # with requests in flight (so that one coming back has its count).
+        self._slots: dict[str, StatsRecorder] = {}
+        self._departed: dict[str, StatsRecorder] = {}
         # Releases that could not take the lock (see _release), applied by the next one to hold it.
-        self._deferred: deque[tuple[ServiceInstance, bool, float | None, bool, bool]] = deque()
+        self._deferred: deque[_Release] = deque()
         self._draining_now = False
         self._health = None if health is None else OutlierDetector(health, clock)
-        # The detector's probation set, or an empty one: one truth test per success on the hot path.
-        self._probation: set[str] = set() if self._health is None else self._health.probation
         self._draining: frozenset[str] = frozenset()
         # Requests a load-tracking picker counts on skipped instances that were never sent (see _take).
         self._phantom: dict[str, int] = {}
@@ -154,30 +163,37 @@ class Pool:
 
         Use as ``with lb.acquire() as server:``. ``exclude`` (instances or ids) skips servers already
         tried, as retries do; `NoServerAvailable` if nothing is left. ``key`` as for `get_server`.
-        No I/O; one short lock.
+        No I/O; counts with lock-free counters (a picker that tracks load: one short lock).
         """
         if exclude or key is not None or not self._fast:  # _fast is False while releases are queued
             return self._acquire_slow(exclude, key)
-        lock = self._lock
-        # acquire()/release() rather than ``with``: half the cost, and this runs on every request.
-        lock.acquire()
-        try:
-            fused = self._acquire_pick
-            if fused is not None:
-                server = fused()  # pick and count in one call (least-connections)
-            else:
-                picker = self._picker
-                if picker is None:
-                    raise NoServerAvailable(self.service, self.root)
-                server = picker.pick()
-                if picker.tracks_load:
-                    picker.acquired(server)
-            key = server.id
-            counts = self._in_flight
-            counts[key] = counts.get(key, 0) + 1
-        finally:
-            lock.release()
-        return Lease(self, server, perf_counter())
+        if self._lock_free:
+            server = self._pick()
+            try:
+                slot = self._slots[server.id]
+            except KeyError:  # picked from a picker just replaced, and gone from the pool since
+                slot = StatsRecorder()
+            next(slot.started)
+        else:
+            lock = self._lock
+            # acquire()/release() rather than ``with``: half the cost, and this runs on every request.
+            lock.acquire()
+            try:
+                take = self._acquire_pick  # re-read under the lock: the picker may have been replaced
+                server = take() if take is not None else self._pick()  # pick and count (least conn.)
+                slot = self._slots.get(server.id) or StatsRecorder()
+                next(slot.started)
+            finally:
+                lock.release()
+        # Lease(self, server, slot, perf_counter()), written out: the call is a tenth of this path.
+        lease = _new(Lease)
+        lease.server = server
+        lease._pool = self
+        lease._slot = slot
+        lease._success = None
+        lease._token = None
+        lease._started = perf_counter()
+        return lease
 
     def _acquire_slow(
         self, exclude: Collection[str | ServiceInstance], hash_key: HashKey | None = None
@@ -215,9 +231,9 @@ class Pool:
                     raise NoServerAvailable(self.service, self.root, reason)
                 if picker.tracks_load:
                     picker.acquired(server)
-            key = server.id
-            self._in_flight[key] = self._in_flight.get(key, 0) + 1
-        return Lease(self, server, perf_counter())
+            slot = self._slots[server.id]
+            next(slot.started)
+        return Lease(self, server, slot, perf_counter())
 
     def _take_locked(
         self, fused: Callable[[], ServiceInstance], picker: Picker, avoid: Collection[str]
@@ -261,10 +277,12 @@ class Pool:
         elsewhere (e.g. for a server from ``get_server()``) it is recorded now.
         """
         lease = current_lease.get()
-        if lease is not None and lease._balancer is self and lease.server.id == server.id:
+        if lease is not None and lease._pool is self and lease.server.id == server.id:
             lease.report(success)
             return
-        self._release(server, success, latency, counted=False)
+        slot = self._slots.get(server.id)
+        if slot is not None:  # else not (or no longer) in the pool: nothing to record
+            self._release((server, slot, success, latency, False, True))
 
     # -- membership and state --------------------------------------------------------------------
 
@@ -274,36 +292,35 @@ class Pool:
         return self._membership
 
     def stats(self) -> Mapping[str, InstanceStats]:
-        """Request statistics and health per instance id, for the instances in the pool."""
+        """Request statistics and health per instance id, for the instances in the pool.
+
+        O(n), but holds the pool's lock only to take a few references: requests go on meanwhile.
+        """
         self._expire_due()
         if self._deferred:
             self._drain()
         health = self._health
-        with self._lock:
-            result = {}
-            for key in self._membership.by_id:
-                until = None if health is None else health.ejected.get(key)
-                times = 0 if health is None else health.times_ejected(key)
-                recorder = self._stats.get(key, _EMPTY_STATS)
-                result[key] = recorder.snapshot(self._in_flight.get(key, 0), until, times)
+        with self._lock:  # a consistent set of references; health's tables are copy-on-write
+            slots = self._slots
+            ejected = _NO_EJECTIONS if health is None else health.ejected
+            times = _NO_TIMES if health is None else health.times
+        result = {key: slot.snapshot(ejected.get(key), times.get(key, 0)) for key, slot in slots.items()}
         return MappingProxyType(result)
 
     def pool_stats(self) -> PoolStats:
-        """Size, health and connection of the pool now (a frozen `PoolStats`)."""
+        """Size, health and connection of the pool now (a frozen `PoolStats`); O(1) under the lock."""
         self._expire_due()
+        health = self._health
         with self._lock:
             members = self._membership
-            ejected = 0 if self._health is None else len(self._health.ejected)
-            draining = len(self._draining)
-            healthy = sum(1 for key in members.by_id if key not in self._draining) - (
-                0 if self._health is None else len(self._health.ejected.keys() - self._draining)
-            )
+            ejected = _NO_EJECTIONS if health is None else health.ejected
+            draining = self._draining
             panic = self._panic
         return PoolStats(
             size=len(members),
-            healthy=healthy,
-            ejected=ejected,
-            draining=draining,
+            healthy=sum(1 for key in members.by_id if key not in draining and key not in ejected),
+            ejected=len(ejected),
+            draining=len(draining),
             panic=panic,
             version=members.version,
             connection=self._connection(),
@@ -393,6 +410,10 @@ class Pool:
             return
         with self._lock:
             back = health.expire()
+            for key in back:
+                slot = self._slots.get(key)
+                if slot is not None:
+                    slot.attention = True  # its next success ends the probation, under the lock
             notice = self._refresh_locked() if back else None
         for key in back:
             log.info("%s: instance %s back from ejection, on probation", self.service, key)
@@ -412,27 +433,57 @@ class Pool:
             return  # an older or the same snapshot: never roll back
         picker = self._strategy.build(membership) if membership.instances else None
         draining = frozenset(inst.id for inst in membership.instances if inst.draining)
+        slots, departed = self._carry_slots(membership)
+        tracking = picker is not None and picker.tracks_load
+        take = None
+        if picker is not None and tracking:
+            take = getattr(picker, "acquire_pick", None) or functools.partial(_pick_and_count, picker)
         with self._lock:
             if self._is_closed():  # re-read: close() may have run while the picker was built
                 return
-            if picker is not None:
-                picker.seed({k: n for k, n in self._in_flight.items() if k in membership.by_id})
-            # Forget stats of instances that left; counts of in-flight leases stay until released.
-            for key in [k for k in self._stats if k not in membership.by_id]:
-                del self._stats[key]
+            if tracking:
+                assert picker is not None
+                # Exact: a load-tracking picker's counts change only under this lock. O(n), the one
+                # place the lock is held that long (a rebuild of a least-connections pool).
+                picker.seed({key: slot.in_flight() for key, slot in slots.items()})
             if self._health is not None:
                 self._health.retain(membership.by_id)
             self._membership = membership
             self._picker = picker
+            self._slots = slots
+            self._departed = departed
             self._draining = draining
-            # Optional on pickers: pick + acquired() fused, for those that track load.
-            self._acquire_pick = getattr(picker, "acquire_pick", None) if picker is not None else None
+            self._acquire_pick = take
+            self._lock_free = take is None
             self._phantom = {}  # the new picker was seeded with real counts only
             notice = self._refresh_locked()
         if notice:
             log.warning("%s", notice)
         with self._installed:
             self._installed.notify_all()
+
+    def _carry_slots(
+        self, membership: Membership
+    ) -> tuple[dict[str, StatsRecorder], dict[str, StatsRecorder]]:
+        """The counters for ``membership``: the same objects for instances that stay; fresh ones
+        (statistics forgotten) for newcomers, keeping the in-flight count of one that comes back.
+        Also the counters of those that leave with requests in flight. O(n), without the lock."""
+        old, gone = self._slots, self._departed
+        slots: dict[str, StatsRecorder] = {}
+        for key in membership.by_id:
+            slot = old.get(key)
+            if slot is None:
+                slot = gone.get(key)
+                if slot is None:
+                    slot = StatsRecorder()
+                else:
+                    slot.forget()
+            slots[key] = slot
+        departed = {k: v for k, v in gone.items() if k not in slots and v.in_flight()}
+        for key, slot in old.items():
+            if key not in slots and slot.in_flight():
+                departed[key] = slot
+        return slots, departed
 
     def _refresh_locked(self) -> str | None:
         """Recompute what picks skip, panic, and the pick functions; a panic notice to log, if entered."""
@@ -496,15 +547,41 @@ class Pool:
                 for _ in range(count):
                     picker.released(instance, True, 0.0)
 
-    def _release(
-        self,
-        server: ServiceInstance,
-        success: bool,
-        latency: float | None,
-        counted: bool = True,
-        record: bool = True,
+    def _finish(
+        self, slot: StatsRecorder, server: ServiceInstance, success: bool, latency: float | None
     ) -> None:
-        """End one in-flight request (``counted``) and/or record its outcome (``record``).
+        """End a lease (once). A success without news for health takes no lock, or, with a picker that
+        tracks load, only a try of the lock around the picker's update (see `StatsRecorder`)."""
+        if not success or latency is None or slot.attention:
+            self._release((server, slot, success, latency, True, latency is not None))
+            return
+        if not self._lock_free:  # a load-tracking picker: its counts change under the lock
+            lock = self._lock
+            if not lock.acquire(False):
+                self._release((server, slot, success, latency, True, True))  # queues it
+                return
+            try:
+                next(slot.finished)
+                picker = self._picker
+                if picker is not None:  # (released() of a picker that does not track load is a no-op)
+                    picker.released(server, True, latency)
+            finally:
+                lock.release()
+            if self._deferred and not self._draining_now:
+                self._drain()
+        else:
+            next(slot.finished)
+        next(slot.requests)
+        # StatsRecorder.add_latency, written out: a call frame is a tenth of this path's cost.
+        slot.last_latency = latency
+        ewma = slot.latency_ewma
+        slot.latency_ewma = latency if ewma is None else ewma + EWMA_ALPHA * (latency - ewma)
+
+    def _release(self, item: _Release) -> None:
+        """End one in-flight request (``counted``) and/or record its outcome (``record``), locked.
+
+        ``item`` is ``(server, slot, success, latency, counted, record)``: the outcome ``success``,
+        with ``latency`` if known, of a request to ``server``, whose counters are ``slot``.
 
         Never waits for the lock: a lease may be released from a finaliser, which can run in the middle
         of a locked section of this very thread (any allocation may start a GC pass). When the lock is
@@ -514,53 +591,39 @@ class Pool:
         """
         lock = self._lock
         if not lock.acquire(False):
-            self._deferred.append((server, success, latency, counted, record))
+            self._deferred.append(item)
             self._fast = False
             return
+        server, slot, success, latency, counted, record = item
         notice = None
         key = server.id
         try:
-            if counted:
-                counts = self._in_flight
-                count = counts.get(key, 0)
-                if count > 1:
-                    counts[key] = count - 1
-                elif count == 1:
-                    del counts[key]
-                else:
-                    return  # never counted (cannot happen through Lease); never drive a count negative
             picker = self._picker
-            if not record:
+            if counted:
+                next(slot.finished)
                 if picker is not None and picker.tracks_load:
-                    picker.released(server, success, 0.0)
-                return
-            stats = self._stats.get(key)
-            if stats is None:
-                if key not in self._membership.by_id:
-                    return  # the instance left the pool while the request ran
-                stats = self._stats[key] = StatsRecorder()
-            # The statistics update, written out here: a call frame is a tenth of this path's cost.
-            stats.requests += 1
+                    picker.released(server, success, latency or 0.0)
+            if not record or self._slots.get(key) is not slot:
+                return  # nothing to record, or the instance left the pool while the request ran
+            next(slot.requests)
             if success:
-                stats.consecutive_failures = 0
-                if self._probation and key in self._probation:  # the rare case, checked inline
-                    assert self._health is not None
-                    self._health.on_success(key)
+                slot.consecutive_failures = 0
+                health = self._health
+                if health is not None and key in health.probation:
+                    health.on_success(key)
+                slot.attention = False
             else:
-                stats.failures += 1
-                stats.consecutive_failures += 1
+                slot.failures += 1
+                slot.consecutive_failures += 1
+                slot.attention = True
                 health = self._health
                 if health is not None:
                     active = len(self._membership) - len(self._draining)
-                    if health.on_failure(key, stats.consecutive_failures, active):
-                        notice = self._ejected_locked(key, stats.consecutive_failures)
+                    if health.on_failure(key, slot.consecutive_failures, active):
+                        notice = self._ejected_locked(key, slot.consecutive_failures)
             if latency is not None:
-                stats.last_latency = latency
-                ewma = stats.latency_ewma
-                stats.latency_ewma = latency if ewma is None else ewma + EWMA_ALPHA * (latency - ewma)
-            if counted and picker is not None and picker.tracks_load:
-                picker.released(server, success, latency or 0.0)
-            elif not counted and latency is not None and picker is not None:
+                slot.add_latency(latency)
+            if not counted and latency is not None and picker is not None:
                 observe = getattr(picker, "observe", None)  # a latency-aware picker (peak_ewma)
                 if observe is not None:
                     observe(server, latency)
@@ -585,7 +648,7 @@ class Pool:
                     item = deferred.popleft()
                 except IndexError:  # another thread drained it meanwhile
                     break
-                self._release(*item)
+                self._release(item)
         finally:
             self._draining_now = False
         lock = self._lock
@@ -607,7 +670,19 @@ class Pool:
         return notice if panic is None else f"{notice}; {panic}"
 
 
-_EMPTY_STATS = StatsRecorder()
+_new = object.__new__
+
+# A queued release: `Pool._release`'s arguments.
+_Release = tuple[ServiceInstance, StatsRecorder, bool, float | None, bool, bool]
+_NO_EJECTIONS: Mapping[str, float] = MappingProxyType({})
+_NO_TIMES: Mapping[str, int] = MappingProxyType({})
+
+
+def _pick_and_count(picker: Picker) -> ServiceInstance:
+    """``acquire_pick()`` for a load-tracking picker that does not offer it."""
+    server = picker.pick()
+    picker.acquired(server)
+    return server
 
 
 def _choose(picker: Picker, skipped: Collection[str]) -> ServiceInstance | None:

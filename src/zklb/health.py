@@ -107,22 +107,25 @@ class PoolStats:
 class OutlierDetector:
     """Ejection state of one pool under a `HealthPolicy` (see the module docstring for the rules).
 
-    Not thread-safe: its owner serialises calls (the balancer holds its lock). O(1) per outcome,
-    O(ejected) per `expire`, O(n) per `retain`.
+    Not thread-safe: its owner serialises calls (the balancer holds its lock). ``ejected`` and
+    ``times`` are copy-on-write (replaced, never changed in place), so a reader may take a reference
+    under that lock and read it after letting go: ``stats()`` never holds the lock for a copy.
+    O(ejected) per ejection, `expire` and `retain` (ejections are few: ``max_ejection_percent``).
     """
 
-    __slots__ = ("_clock", "_times", "ejected", "next_return", "policy", "probation")
+    __slots__ = ("_clock", "ejected", "next_return", "policy", "probation", "times")
 
     def __init__(self, policy: HealthPolicy, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
         self._clock = clock
-        #: Ejected instance id -> the clock reading at which it comes back.
+        #: Ejected instance id -> the clock reading at which it comes back (copy-on-write).
         self.ejected: dict[str, float] = {}
         #: Ids back from an ejection whose next outcome decides: a failure ejects again at once.
         self.probation: set[str] = set()
         #: The earliest ``ejected`` deadline, or infinity: one comparison tells whether to `expire`.
         self.next_return = math.inf
-        self._times: dict[str, int] = {}
+        #: Instance id -> how many times it was ejected since it joined the pool (copy-on-write).
+        self.times: dict[str, int] = {}
 
     def now(self) -> float:
         """The injected clock's reading."""
@@ -130,7 +133,7 @@ class OutlierDetector:
 
     def times_ejected(self, key: str) -> int:
         """How many times ``key`` has been ejected since it joined the pool."""
-        return self._times.get(key, 0)
+        return self.times.get(key, 0)
 
     def on_failure(self, key: str, consecutive: int, pool_size: int) -> bool:
         """Record that ``key`` failed for the ``consecutive``-th time in a row; True if it is now ejected."""
@@ -140,10 +143,10 @@ class OutlierDetector:
             return False
         if len(self.ejected) >= self.policy.max_ejected(pool_size):
             return False
-        times = self._times.get(key, 0) + 1
-        self._times[key] = times
+        times = self.times.get(key, 0) + 1
+        self.times = {**self.times, key: times}
         until = self._clock() + self.policy.ejection_time(times)
-        self.ejected[key] = until
+        self.ejected = {**self.ejected, key: until}
         self.probation.discard(key)
         self.next_return = min(self.next_return, until)
         return True
@@ -159,16 +162,17 @@ class OutlierDetector:
         if now < self.next_return:
             return []
         back = [key for key, until in self.ejected.items() if until <= now]
-        for key in back:
-            del self.ejected[key]
-            self.probation.add(key)
+        self.ejected = {key: until for key, until in self.ejected.items() if until > now}
+        self.probation.update(back)
         self.next_return = min(self.ejected.values(), default=math.inf)
         return back
 
     def retain(self, keys: Collection[str]) -> None:
         """Forget instances not in ``keys`` (they left the pool)."""
-        for table in (self.ejected, self._times):
-            for key in [k for k in table if k not in keys]:
-                del table[key]
-        self.probation.intersection_update(keys)
+        # O(ejected + ever ejected + on probation), not O(keys): this runs under the balancer's lock.
+        if any(k not in keys for k in self.ejected):
+            self.ejected = {k: until for k, until in self.ejected.items() if k in keys}
+        if any(k not in keys for k in self.times):
+            self.times = {k: times for k, times in self.times.items() if k in keys}
+        self.probation.difference_update([k for k in self.probation if k not in keys])
         self.next_return = min(self.ejected.values(), default=math.inf)

@@ -8,25 +8,29 @@ from types import TracebackType
 from typing import Protocol
 
 from zklb.instance import ServiceInstance
+from zklb.stats import EWMA_ALPHA, StatsRecorder
 
 __all__ = ["Lease", "current_lease"]
 
 
-class _Balancer(Protocol):
-    """What a lease needs of its balancer: the one call that ends a request."""
+class _Pool(Protocol):
+    """What a lease needs of its pool: the call that ends a request, and whether a success may skip it.
 
-    def _release(
-        self,
-        server: ServiceInstance,
-        success: bool,
-        latency: float | None,
-        counted: bool = True,
-        record: bool = True,
+    ``_lock_free`` is True while an ordinary success (its counters' ``attention`` unset) is recorded
+    by counting and averaging on the counters alone: the pool has no load-tracking picker to tell.
+    """
+
+    _lock_free: bool
+
+    def _finish(
+        self, slot: StatsRecorder, server: ServiceInstance, success: bool, latency: float | None
     ) -> object: ...
 
 
 # The innermost lease entered in this thread or task, so that ``lb.report()`` can mark it.
 current_lease: ContextVar[Lease | None] = ContextVar("zklb_current_lease", default=None)
+_enter = current_lease.set  # bound once: both run on every request
+_leave = current_lease.reset
 
 
 class Lease:
@@ -39,11 +43,12 @@ class Lease:
     """
 
     # Kept lean on purpose: one is made per request, and every attribute set is on the hot path.
-    __slots__ = ("_balancer", "_started", "_success", "_token", "server")
+    __slots__ = ("_pool", "_slot", "_started", "_success", "_token", "server")
 
-    def __init__(self, balancer: _Balancer, server: ServiceInstance, started: float) -> None:
+    def __init__(self, pool: _Pool, server: ServiceInstance, slot: StatsRecorder, started: float) -> None:
         self.server = server
-        self._balancer: _Balancer | None = balancer  # None once released
+        self._pool: _Pool | None = pool  # None once released
+        self._slot = slot  # the pool's counters of this instance, counted as started already
         self._started = started
         self._success: bool | None = None
         self._token: Token[Lease | None] | None = None
@@ -51,7 +56,7 @@ class Lease:
     @property
     def released(self) -> bool:
         """True once the lease has been released."""
-        return self._balancer is None
+        return self._pool is None
 
     def report(self, success: bool) -> None:
         """Set the outcome to record on release (e.g. ``False`` for a 5xx that raised nothing)."""
@@ -59,24 +64,24 @@ class Lease:
 
     def release(self, success: bool | None = None) -> None:
         """End the request: its in-flight count goes down and its outcome and latency are recorded."""
-        balancer = self._balancer
-        if balancer is None:
+        pool = self._pool
+        if pool is None:
             return
-        self._balancer = None
+        self._pool = None
         if success is None:
             success = self._success is not False
-        balancer._release(self.server, success, perf_counter() - self._started)
+        pool._finish(self._slot, self.server, success, perf_counter() - self._started)
 
     def cancel(self) -> None:
         """End the request without recording an outcome (it was abandoned: cancelled, interrupted)."""
-        balancer = self._balancer
-        if balancer is None:
+        pool = self._pool
+        if pool is None:
             return
-        self._balancer = None
-        balancer._release(self.server, True, None, record=False)
+        self._pool = None
+        pool._finish(self._slot, self.server, True, None)
 
     def __enter__(self) -> ServiceInstance:
-        self._token = current_lease.set(self)
+        self._token = _enter(self)
         return self.server
 
     def __exit__(
@@ -86,20 +91,31 @@ class Lease:
         if token is not None:
             self._token = None
             try:
-                current_lease.reset(token)
+                _leave(token)
             except ValueError:  # exited in another context than entered (e.g. a moved generator)
                 pass
-        balancer = self._balancer
-        if balancer is None:
+        pool = self._pool
+        if pool is None:
             return
-        self._balancer = None
-        if exc_type is not None and not issubclass(exc_type, Exception):
+        self._pool = None
+        if exc_type is None:
+            latency = perf_counter() - self._started
+            slot = self._slot
+            if self._success is None and pool._lock_free and not slot.attention:
+                # The common case, which the pool would do the same way, without a call: counted and
+                # averaged on the lock-free counters (see StatsRecorder).
+                next(slot.finished)
+                next(slot.requests)
+                slot.last_latency = latency
+                ewma = slot.latency_ewma
+                slot.latency_ewma = latency if ewma is None else ewma + EWMA_ALPHA * (latency - ewma)
+                return
+            pool._finish(slot, self.server, self._success is not False, latency)
+        elif issubclass(exc_type, Exception):
+            pool._finish(self._slot, self.server, False, perf_counter() - self._started)
+        else:
             # CancelledError, KeyboardInterrupt, GeneratorExit: nothing learnt about the server.
-            balancer._release(self.server, True, None, record=False)
-            return
-        balancer._release(
-            self.server, exc_type is None and self._success is not False, perf_counter() - self._started
-        )
+            pool._finish(self._slot, self.server, True, None)
 
     async def __aenter__(self) -> ServiceInstance:
         return self.__enter__()
@@ -110,5 +126,5 @@ class Lease:
         self.__exit__(exc_type, exc, tb)
 
     def __repr__(self) -> str:
-        state = "released" if self._balancer is None else "in flight"
+        state = "released" if self._pool is None else "in flight"
         return f"<Lease {self.server.url} {state}>"

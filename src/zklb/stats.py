@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import count
 
-__all__ = ["InstanceStats", "StatsRecorder"]
+__all__ = ["InstanceStats", "StatsRecorder", "count_value"]
 
 #: Weight of the newest sample in the latency moving average.
 EWMA_ALPHA = 0.3
@@ -25,25 +26,64 @@ class InstanceStats:
     times_ejected: int = 0  # ejections since it joined the pool; each lasts longer than the last
 
 
-class StatsRecorder:
-    """Mutable counters of one instance; owned by the balancer, which updates them under its lock."""
+def count_value(counter: count[int]) -> int:
+    """The value the next ``next(counter)`` returns, without taking it (its repr is ``count(N)``)."""
+    return int(repr(counter)[6:-1])
 
-    __slots__ = ("consecutive_failures", "failures", "last_latency", "latency_ewma", "requests")
+
+class StatsRecorder:
+    """The counters of one instance in one pool: requests in flight, outcomes, latency.
+
+    Built for a hot path without a lock. ``started``, ``finished`` and ``requests`` are
+    `itertools.count` objects: ``next()`` on one is a single C call, atomic under the GIL, so
+    concurrent leases never lose a count, and the in-flight count is ``started - finished``. The
+    latency average is a plain read-modify-write: a sample lost to a race leaves a moving average
+    as useful as before. ``failures``, ``consecutive_failures`` and ``attention`` change only under
+    the pool's lock; ``attention`` is True while a success must take that lock (failures in a row
+    to reset, or a probation to end), so an ordinary success checks one flag.
+    """
+
+    __slots__ = (
+        "attention",
+        "consecutive_failures",
+        "failures",
+        "finished",
+        "last_latency",
+        "latency_ewma",
+        "requests",
+        "started",
+    )
 
     def __init__(self) -> None:
-        self.requests = 0
+        self.started = count()
+        self.finished = count()
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop the outcome statistics (the instance rejoined); requests in flight stay counted."""
+        self.requests = count()
         self.failures = 0
         self.consecutive_failures = 0
+        self.attention = False
         self.latency_ewma: float | None = None
         self.last_latency: float | None = None
 
-    def snapshot(
-        self, in_flight: int, ejected_until: float | None = None, times_ejected: int = 0
-    ) -> InstanceStats:
-        """A frozen copy, with the current in-flight count and ejection state."""
+    def in_flight(self) -> int:
+        """Requests started and not finished (never negative: ``finished`` is read first)."""
+        finished = count_value(self.finished)
+        return count_value(self.started) - finished
+
+    def add_latency(self, latency: float) -> None:
+        """Feed one request's latency (seconds) into the moving average."""
+        self.last_latency = latency
+        ewma = self.latency_ewma
+        self.latency_ewma = latency if ewma is None else ewma + EWMA_ALPHA * (latency - ewma)
+
+    def snapshot(self, ejected_until: float | None = None, times_ejected: int = 0) -> InstanceStats:
+        """A frozen copy, with the ejection state passed in."""
         return InstanceStats(
-            in_flight=in_flight,
-            requests=self.requests,
+            in_flight=self.in_flight(),
+            requests=count_value(self.requests),
             failures=self.failures,
             consecutive_failures=self.consecutive_failures,
             latency_ewma=self.latency_ewma,

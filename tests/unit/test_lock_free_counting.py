@@ -1,0 +1,121 @@
+"""Counting without the lock: exact under threads, built outside the lock, carried across changes.
+
+``acquire()`` and a lease's success count on lock-free counters (see ``zklb.stats.StatsRecorder``);
+``stats()`` and ``pool_stats()`` take references under the pool's lock and build outside it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+
+import pytest
+
+from zklb import LoadBalancer, Membership, ServiceInstance
+from zklb.stats import StatsRecorder
+
+SERVERS = [f"http://10.0.0.{i}:80" for i in range(1, 21)]
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "least_connections"])
+def test_counts_stay_exact_under_threads(strategy: str) -> None:
+    lb = LoadBalancer.static(SERVERS, strategy=strategy)
+    threads, per_thread = 8, 2_000
+    barrier = threading.Barrier(threads)
+
+    def work(k: int) -> None:
+        barrier.wait(10)
+        for i in range(per_thread):
+            lease = lb.acquire()
+            if (i + k) % 97 == 0:
+                lease.release(False)  # a failure now and then: the locked path beside the lock-free one
+            else:
+                with lease:
+                    pass
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(60)
+        assert not t.is_alive()
+    stats = lb.stats()
+    assert sum(s.in_flight for s in stats.values()) == 0
+    assert sum(s.requests for s in stats.values()) == threads * per_thread
+    failures = sum(1 for k in range(threads) for i in range(per_thread) if (i + k) % 97 == 0)
+    assert sum(s.failures for s in stats.values()) == failures
+
+
+class LockCheckingMapping(Mapping[str, ServiceInstance]):
+    """Stands for a pool's by-id index; notes each time it is iterated with the pool's lock held."""
+
+    def __init__(self, inner: Mapping[str, ServiceInstance], lock: threading.Lock) -> None:
+        self.inner = inner
+        self.lock = lock
+        self.locked_reads = 0
+        self.reads = 0
+
+    def __getitem__(self, key: str) -> ServiceInstance:
+        return self.inner[key]
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[str]:
+        self.reads += 1
+        self.locked_reads += self.lock.locked()
+        return iter(self.inner)
+
+
+def test_stats_and_pool_stats_build_their_snapshots_outside_the_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    lb = LoadBalancer.static([f"http://10.1.{i // 250}.{i % 250}:80" for i in range(10_000)])
+    with lb.acquire():
+        pass
+    lock = lb._lock
+    snapshots_under_lock: list[bool] = []
+    original = StatsRecorder.snapshot
+
+    def checking_snapshot(self: StatsRecorder, *args: object) -> object:
+        snapshots_under_lock.append(lock.locked())
+        return original(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StatsRecorder, "snapshot", checking_snapshot)
+    stats = lb.stats()
+    assert len(stats) == 10_000 and len(snapshots_under_lock) == 10_000
+    assert not any(snapshots_under_lock)
+    assert sum(s.requests for s in stats.values()) == 1
+
+    members = lb.membership
+    index = LockCheckingMapping(members.by_id, lock)
+    object.__setattr__(members, "by_id", index)
+    pool = lb.pool_stats()
+    assert (pool.size, pool.healthy) == (10_000, 10_000)
+    assert index.reads >= 1 and index.locked_reads == 0
+
+
+def test_a_request_in_flight_stays_counted_when_its_instance_leaves_and_comes_back() -> None:
+    lb = LoadBalancer.static(SERVERS[:3], strategy="least_connections")
+    members = lb.membership
+    lease = lb.acquire()
+    key = lease.server.id
+    others = tuple(i for i in members.instances if i.id != key)
+    lb._install(Membership(members.service, members.version + 1, others))
+    assert key not in lb.stats()
+    lb._install(Membership(members.service, members.version + 2, members.instances))
+    assert lb.stats()[key].in_flight == 1  # still out there: least connections must see it
+    assert all(lb.acquire().server.id != key for _ in range(2))  # the two idle ones first
+    lease.release()
+    assert lb.stats()[key].in_flight == 0
+    assert lb.stats()[key].requests == 1  # recorded: it is back in the pool
+
+
+def test_statistics_of_an_instance_that_rejoins_start_afresh() -> None:
+    lb = LoadBalancer.static(SERVERS[:2])
+    members = lb.membership
+    gone = members.instances[0]
+    with lb.acquire(exclude=[members.instances[1]]):
+        pass
+    assert lb.stats()[gone.id].requests == 1
+    lb._install(Membership(members.service, members.version + 1, members.instances[1:]))
+    lb._install(Membership(members.service, members.version + 2, members.instances))
+    assert lb.stats()[gone.id].requests == 0
