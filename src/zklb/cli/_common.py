@@ -41,6 +41,7 @@ EXIT_UNKNOWN_SERVICE = 3
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 DEFAULT_HOSTS = "127.0.0.1:2181"
+SESSION_TIMEOUT = 10.0  # seconds, as LoadBalancer and Registry default to
 DEFAULT_ROOT = "/services"
 
 
@@ -123,7 +124,8 @@ def quiet_logging(verbose: bool) -> None:
 def connect(hosts: str, timeout: float) -> Iterator[KazooClient]:
     """A started kazoo client, stopped on exit; `CliError` (exit 2) if ZooKeeper is not reached in time."""
     try:
-        client = KazooClient(hosts=hosts, timeout=timeout)
+        # --timeout bounds the connect only; the session timeout stays zklb's default.
+        client = KazooClient(hosts=hosts, timeout=SESSION_TIMEOUT)
     except ValueError as exc:  # kazoo's parse of a malformed connection string
         raise CliError(f"bad --hosts {hosts!r}: {exc}", EXIT_UNREACHABLE) from None
     try:
