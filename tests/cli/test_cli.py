@@ -57,11 +57,11 @@ def common(zk_hosts: str, root: str) -> list[str]:
 
 @pytest.mark.parametrize("sub", [["services"], ["instances", "api"], ["pick", "api"], ["watch", "api"]])
 def test_unreachable_zookeeper_is_one_line_and_exit_2(sub: list[str]) -> None:
-    result = run(*sub, "--hosts", UNREACHABLE, "--timeout", "1")
+    result = run(*sub, "--hosts", UNREACHABLE, "--timeout", "0.5")
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
-        f"zklb {sub[0]}: ZooKeeper at {UNREACHABLE} not reachable within 1 s"
+        f"zklb {sub[0]}: ZooKeeper at {UNREACHABLE} not reachable within 0.5 s"
     ]
 
 
