@@ -61,6 +61,7 @@ class Registration:
         # (session id, data) last confirmed in ZooKeeper by a reconcile pass; None: not confirmed.
         self._applied: tuple[int, bytes] | None = None
         self._error: str | None = None  # why the last pass could not confirm it, for RegistryError
+        self._refused = False  # a pass found that no retry can create it (_error says why)
         self._closing = threading.Event()
         self._lock = threading.Lock()
 

@@ -31,7 +31,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -39,7 +39,9 @@ from typing import Any, Self
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 from kazoo.protocol.states import EventType, WatchedEvent
+from kazoo.security import ACL
 
+from zklb._acl import Refused, create_ephemeral, registry_acl
 from zklb._signals import install_shutdown
 from zklb._worker import ClientWorker, Job
 from zklb._zk import (
@@ -75,6 +77,12 @@ class Registry:
     stopped here). Instances are stored with ``codec``
     (Curator x-discovery JSON by default) under ``root``. ``request_timeout`` bounds each call that
     waits for ZooKeeper (``register()``, ``update()``, ``close()``); ``rng`` makes retry jitter repeatable.
+
+    ``auth=("digest", "user:password")`` authenticates the registry's client and creates registrations,
+    and the parent znodes it makes, readable by everyone and writable and deletable by that identity
+    only (``acl=`` sets another ACL); see ``docs/security.md``. A registration that ZooKeeper will not
+    let this identity create, or whose existing parent lets anyone delete it, fails at once with
+    `RegistryError` saying why.
     """
 
     def __init__(
@@ -85,6 +93,8 @@ class Registry:
         codec: Codec | None = None,
         session_timeout: float = 10.0,
         kazoo_options: Mapping[str, Any] | None = None,
+        auth: tuple[str, str] | None = None,
+        acl: Sequence[ACL] | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         rng: random.Random | None = None,
     ) -> None:
@@ -92,6 +102,11 @@ class Registry:
         self.codec: Codec = codec or CuratorCodec()
         self._request_timeout = check_timeout("request_timeout", request_timeout)
         self._rng = rng if rng is not None else random.Random()
+        self._acl = registry_acl(auth, acl, client if isinstance(client, KazooClient) else None)
+        if auth is not None and isinstance(client, str):
+            # kazoo sends auth_data again on every reconnect, so the identity outlives session expiry.
+            kazoo_options = dict(kazoo_options or {})
+            kazoo_options["auth_data"] = [*kazoo_options.get("auth_data", ()), auth]
         self._handle = ClientHandle(client, session_timeout=session_timeout, kazoo_options=kazoo_options)
         self._cond = threading.Condition(threading.Lock())  # guards the state below; notified per pass
         self._desired: dict[str, Registration] = {}
@@ -106,6 +121,11 @@ class Registry:
         self._start_lock = threading.Lock()
 
     # -- public API ---------------------------------------------------------------------------------
+
+    @property
+    def acl(self) -> tuple[ACL, ...] | None:
+        """The ACL registrations (and the parents this registry creates) get; None: kazoo's open default."""
+        return self._acl
 
     def register(
         self,
@@ -150,7 +170,11 @@ class Registry:
             self._desired[registration.path] = registration
             self._tombstones.pop(registration.path, None)
         self._schedule(0.0)
-        if self._wait(lambda: registration.confirmed() or registration.closed, deadline - time.monotonic()):
+
+        def settled() -> bool:
+            return registration.confirmed() or registration.closed or registration._refused
+
+        if self._wait(settled, deadline - time.monotonic()) and not registration._refused:
             if registration.closed:
                 raise ClosedError("registry closed while registering")
             log.info("registered %s at %s", instance.url, registration.path)
@@ -163,6 +187,8 @@ class Registry:
             registration._mark_closed()
             reason = registration._error or "ZooKeeper did not answer"
         self._schedule(0.0)
+        if registration._refused:
+            raise RegistryError(f"could not register {instance.url} at {registration.path}: {reason}")
         raise RegistryError(
             f"could not register {instance.url} at {registration.path} within {timeout:g} s: {reason}"
         )
@@ -418,6 +444,11 @@ class Registry:
             return True
         except _Conflict as conflict:
             error = str(conflict)
+        except Refused as refused:
+            error = str(refused)
+            if registration is not None and not registration._refused:
+                registration._refused = True
+                log.error("registry: %s", error)
         except (KazooException, *TRANSIENT_ERRORS) as exc:
             error = repr(exc)
             log.info("registry: %s not reconciled yet: %s", path, error)
@@ -439,7 +470,7 @@ class Registry:
                 if not self._still_desired(registration):
                     return  # given up or closed while this pass was waiting: create nothing
                 try:
-                    client.create_async(path, data, ephemeral=True, makepath=True).get(timeout=timeout)
+                    create_ephemeral(client, path, data, self._acl, timeout)
                     self._conflicts.pop(path, None)
                     continue  # read it back: that arms the watch on our own znode
                 except NodeExistsError:

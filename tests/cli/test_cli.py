@@ -127,6 +127,19 @@ def test_services_through_a_chroot(zk_hosts: str, root: str, registry: Registry)
     assert json.loads(result.stdout) == [{"service": "api", "instances": 1}]
 
 
+def test_instances_and_pick_through_a_chroot_with_the_default_root(zk: KazooClient, zk_hosts: str) -> None:
+    chroot = f"/cli-chroot-{uuid.uuid4().hex[:10]}/prod"
+    zk.ensure_path(chroot)
+    with Registry(zk_hosts + chroot) as registry:  # written through the chroot, at /services/api inside it
+        registry.register("api", "http://127.0.0.1:9001", id="a")
+        listed = run("instances", "api", "--json", "--hosts", zk_hosts + chroot, "--timeout", "10")
+        assert listed.returncode == 0, listed.stderr
+        assert [i["id"] for i in json.loads(listed.stdout)["instances"]] == ["a"]
+        picked = run("pick", "api", "-n", "2", "--json", "--hosts", zk_hosts + chroot, "--timeout", "10")
+        assert picked.returncode == 0, picked.stderr
+        assert json.loads(picked.stdout)["picks"] == {"http://127.0.0.1:9001": 2}
+
+
 def test_pick_spreads_by_strategy(zk_hosts: str, root: str, registry: Registry) -> None:
     registry.register("api", "http://127.0.0.1:9001", weight=3)
     registry.register("api", "http://127.0.0.1:9002", weight=1)
