@@ -150,6 +150,15 @@ def test_pick_spreads_by_strategy(zk_hosts: str, root: str, registry: Registry) 
     assert json.loads(result.stdout)["picks"] == {"http://127.0.0.1:9001": 30, "http://127.0.0.1:9002": 10}
 
 
+def test_pick_with_a_key_sticks_to_one_server(zk_hosts: str, root: str, registry: Registry) -> None:
+    for port in (9001, 9002, 9003):
+        registry.register("api", f"http://127.0.0.1:{port}")
+    args = ("pick", "api", "--strategy", "consistent_hash", "--key", "user-42", "-n", "30", "--json")
+    result = run(*args, *common(zk_hosts, root))
+    assert result.returncode == 0, result.stderr
+    assert list(json.loads(result.stdout)["picks"].values()) == [30]
+
+
 # -- register -------------------------------------------------------------------------------------------
 
 

@@ -113,7 +113,7 @@ def _pick(args: argparse.Namespace) -> int:
             client, args.service, root=args.root, strategy=args.strategy, health=None, empty_grace=0
         ) as lb:
             try:
-                counts = collections.Counter(lb.get_server().url for _ in range(args.n))
+                counts = collections.Counter(lb.get_server(args.key).url for _ in range(args.n))
             except NoServerAvailable as exc:
                 raise CliError(str(exc)) from None
     if args.json:
@@ -138,4 +138,7 @@ def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("service")
     p.add_argument("--strategy", default="round_robin", choices=strategy_names(), help="default: round_robin")
     p.add_argument("-n", type=positive_int, default=100, help="number of picks (default: 100)")
+    p.add_argument(
+        "--key", default=None, help="the key of every pick (consistent_hash maps it to one server)"
+    )
     p.set_defaults(run=_pick)
