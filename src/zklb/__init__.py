@@ -28,6 +28,7 @@ from zklb.instance import ServiceInstance
 from zklb.membership import Membership
 from zklb.registry import Registration, Registry
 from zklb.retry import ExponentialBackoff, RetryBudget, RetryPolicy
+from zklb.slow_start import SlowStart
 from zklb.stats import InstanceStats
 from zklb.strategies import (
     ConsistentHash,
@@ -70,6 +71,7 @@ __all__ = [
     "RoundRobin",
     "ServiceInstance",
     "ServiceWatcher",
+    "SlowStart",
     "Strategy",
     "UnknownStrategy",
     "WeightedRandom",

@@ -42,6 +42,8 @@ from zklb.health import Connection, HealthPolicy, OutlierDetector, PoolStats
 from zklb.instance import ServiceInstance
 from zklb.lease import Lease, current_lease
 from zklb.membership import Membership
+from zklb.selection import InstanceFilter, Selection
+from zklb.slow_start import Ramp, SlowStart
 from zklb.stats import EWMA_ALPHA, InstanceStats, StatsRecorder
 from zklb.strategies import HashKey, Picker, Strategy, create_strategy
 
@@ -51,6 +53,8 @@ log = logging.getLogger("zklb.balancer")
 
 #: Picks tried before a skip-aware scan, while some instances are ejected or draining.
 _REPICKS = 4
+#: Draws at most per pick while thinning for slow start (each keeps >= min_weight_percent of its chance).
+_RAMP_DRAWS = 32
 #: The passive health a balancer has unless told otherwise.
 DEFAULT_HEALTH = HealthPolicy()
 
@@ -75,6 +79,7 @@ class Pool:
     __slots__ = (
         "__weakref__",
         "_acquire_pick",
+        "_clock",
         "_deferred",
         "_departed",
         "_draining",
@@ -89,12 +94,18 @@ class Pool:
         "_panic",
         "_phantom",
         "_pick",
+        "_pick_base",
         "_picker",
+        "_preferred",
+        "_preferred_ids",
+        "_ramp",
+        "_selection",
         "_skipped",
         "_slots",
         "_state",
         "_strategy",
         "_update_lock",
+        "_whole",
         "root",
         "service",
     )
@@ -106,12 +117,25 @@ class Pool:
         strategy: str | Strategy,
         health: HealthPolicy | None,
         clock: Callable[[], float],
+        *,
+        slow_start: SlowStart | None = None,
+        filter: InstanceFilter | None = None,
+        prefer: Mapping[str, str] | None = None,
     ) -> None:
         self.service = service
         self.root = root
         self._strategy = create_strategy(strategy)
         if health is not None and not isinstance(health, HealthPolicy):
             raise TypeError(f"health must be a HealthPolicy or None, got {type(health).__name__}")
+        if slow_start is not None and not isinstance(slow_start, SlowStart):
+            raise TypeError(f"slow_start must be a SlowStart or None, got {type(slow_start).__name__}")
+        self._clock = clock
+        self._selection = Selection(filter, prefer)
+        self._ramp = None if slow_start is None else Ramp(slow_start)
+        # With prefer=: the pickers of the whole pool and of the preferred instances (_picker is one).
+        self._whole: Picker | None = None
+        self._preferred: Picker | None = None
+        self._preferred_ids: frozenset[str] = frozenset()
         self._state = State.NEW
         # Serialises rebuilds (membership or strategy changes); the hot path never takes it.
         self._update_lock = threading.Lock()
@@ -143,6 +167,7 @@ class Pool:
         self._fast = False
         self._fast_ok = False
         self._pick: Callable[[], ServiceInstance] = self._empty
+        self._pick_base: Callable[[], ServiceInstance] = self._empty  # what _pick_ramping thins
 
     # -- the hot path ----------------------------------------------------------------------------
 
@@ -212,17 +237,21 @@ class Pool:
             avoid = skipped | ids if ids else skipped
             fused = self._acquire_pick
             pick_key = None if hash_key is None else getattr(picker, "pick_key", None)
+            ramp = self._ramp  # slow start thins picks, keyed ones excepted: a key sticks to its owner
+            ramping = ramp is not None and bool(ramp.ramping) and pick_key is None
             if pick_key is not None:
                 # The key's owner, else its next choice past what is skipped or tried: then past tried only.
                 server = pick_key(hash_key, avoid)
                 if server is None and skipped:
                     server = pick_key(hash_key, ids)
-            elif fused is not None and avoid:
+            elif fused is not None and avoid and not ramping:
                 server = self._take_locked(fused, picker, avoid)
             else:
                 server = None
             if server is None:
                 server = _choose(picker, avoid)
+                if ramping and ramp is not None and server is not None:
+                    server = _thin(ramp, self._clock(), server, lambda: _choose(picker, avoid))
                 if server is None and skipped:
                     # Every instance not tried is ejected or draining: better one of them than no retry.
                     server = _choose(picker, ids)
@@ -414,6 +443,10 @@ class Pool:
                 slot = self._slots.get(key)
                 if slot is not None:
                     slot.attention = True  # its next success ends the probation, under the lock
+            if back and self._ramp is not None:  # back from ejection: ramps up again
+                by_id = self._membership.by_id
+                returned = [by_id[key] for key in back if key in by_id]
+                self._ramp.restart(returned, self._clock(), len(by_id))
             notice = self._refresh_locked() if back else None
         for key in back:
             log.info("%s: instance %s back from ejection, on probation", self.service, key)
@@ -431,6 +464,12 @@ class Pool:
             return  # nothing revives a closed balancer, a late listener call included
         if not force and membership.version <= self._membership.version and self._picker is not None:
             return  # an older or the same snapshot: never roll back
+        first = self._membership.version == 0  # the balancer's first membership: its servers are warm
+        membership = self._selection.kept(membership)
+        preferred = self._selection.preferred(membership)
+        # The preferred picker first: a strategy that carries state to its next picker (peak_ewma) then
+        # carries the whole pool's.
+        preferred_picker = self._strategy.build(preferred) if preferred is not None else None
         picker = self._strategy.build(membership) if membership.instances else None
         draining = frozenset(inst.id for inst in membership.instances if inst.draining)
         slots, departed = self._carry_slots(membership)
@@ -441,6 +480,10 @@ class Pool:
         with self._lock:
             if self._is_closed():  # re-read: close() may have run while the picker was built
                 return
+            self._whole, self._preferred = picker, preferred_picker
+            self._preferred_ids = frozenset() if preferred is None else frozenset(preferred.by_id)
+            if self._ramp is not None:
+                self._ramp.follow(membership.instances, self._clock(), first)
             if tracking:
                 assert picker is not None
                 # Exact: a load-tracking picker's counts change only under this lock. O(n), the one
@@ -493,6 +536,8 @@ class Pool:
             self._fast_ok = self._fast = False
             self._pick = self._closed
             return None
+        if self._preferred is not None:
+            picker = self._prefer_locked()
         if picker is None:
             self._skipped, self._panic = frozenset(), False
             self._set_fast(started)
@@ -528,7 +573,45 @@ class Pool:
         else:
             self._set_fast(True)
             self._pick = picker.pick
+        ramp = self._ramp
+        if started and ramp is not None and ramp.ramping:
+            # Slow start: the pick function above, thinned (see zklb.slow_start); acquire() goes slow too.
+            self._set_fast(False)
+            self._pick_base = self._pick
+            self._pick = self._pick_ramping
         return notice
+
+    def _prefer_locked(self) -> Picker | None:
+        """With ``prefer=``: make the preferred instances' picker the one in use while one of them is
+        healthy and not draining, the whole pool's otherwise; returns the one in use."""
+        health = self._health
+        ejected = () if health is None else health.ejected
+        draining = self._draining
+        live = any(key not in draining and key not in ejected for key in self._preferred_ids)
+        want = self._preferred if live else self._whole
+        if want is not None and want is not self._picker:
+            take = None
+            if want.tracks_load:
+                # Its counts are stale: give it the real ones (phantoms belonged to the other picker).
+                want.seed({key: slot.in_flight() for key, slot in self._slots.items()})
+                take = getattr(want, "acquire_pick", None) or functools.partial(_pick_and_count, want)
+            self._picker = want
+            self._acquire_pick = take
+            self._lock_free = take is None
+            self._phantom = {}
+        return self._picker
+
+    def _pick_ramping(self) -> ServiceInstance:
+        """The pick function while some instance is in slow start: the usual pick, thinned."""
+        ramp = self._ramp
+        assert ramp is not None
+        now = self._clock()
+        if now >= ramp.ends_at:
+            with self._lock:  # every ramp is over: back to the bare pick function
+                ramp.expire(now, len(self._membership))
+                self._refresh_locked()
+            return self._pick()
+        return _thin(ramp, now, self._pick_base(), self._pick_base)
 
     def _set_fast(self, ok: bool) -> None:
         """Whether ``acquire()`` may take its fast path: only with nothing skipped and nothing queued."""
@@ -682,6 +765,24 @@ def _pick_and_count(picker: Picker) -> ServiceInstance:
     """``acquire_pick()`` for a load-tracking picker that does not offer it."""
     server = picker.pick()
     picker.acquired(server)
+    return server
+
+
+def _thin(
+    ramp: Ramp, now: float, server: ServiceInstance, again: Callable[[], ServiceInstance | None]
+) -> ServiceInstance:
+    """``server``, or a pick drawn again, until the slow-start test admits one (a bounded number of draws).
+
+    Every instance keeps at least ``min_weight_percent`` of its chance, so a few draws almost always
+    suffice; after ``_RAMP_DRAWS`` the last draw stands rather than loop on.
+    """
+    for _ in range(_RAMP_DRAWS):
+        if ramp.admits(server.id, now):
+            return server
+        drawn = again()
+        if drawn is None:
+            break
+        server = drawn
     return server
 
 

@@ -34,6 +34,8 @@ from zklb.instance import ServiceInstance
 from zklb.lease import Lease
 from zklb.membership import Membership
 from zklb.registry import Registration, Registry
+from zklb.selection import InstanceFilter
+from zklb.slow_start import SlowStart
 from zklb.strategies import Strategy
 
 __all__ = ["Lease", "LoadBalancer"]
@@ -56,6 +58,11 @@ class LoadBalancer(Pool):
     after a reconnect; when every instance disappears at once, the last pool is kept ``empty_grace``
     seconds (a registrar's session expiry, re-registered within a second, must not empty the pool);
     ``clock`` (for ejection times) is injectable for tests.
+
+    ``slow_start`` (`SlowStart`) ramps instances that join or return from ejection up to their full
+    weight; ``filter`` (a callable taking a `ServiceInstance`) keeps only the instances it is true
+    for; ``prefer`` (metadata such as ``{"zone": "a"}``) picks among the matching instances while one
+    of them is healthy and not draining, and from the whole pool otherwise. See docs/strategies.md.
 
     ``get_server()`` is the hot path: O(1) for the built-in strategies, lock-free and without I/O.
     """
@@ -91,8 +98,20 @@ class LoadBalancer(Pool):
         empty_grace: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        slow_start: SlowStart | None = None,
+        filter: InstanceFilter | None = None,
+        prefer: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(check_service(service), check_root(root), strategy, health, clock)
+        super().__init__(
+            check_service(service),
+            check_root(root),
+            strategy,
+            health,
+            clock,
+            slow_start=slow_start,
+            filter=filter,
+            prefer=prefer,
+        )
         self._codec = codec
         self._start_timeout = check_timeout("start_timeout", start_timeout)
         self._request_timeout = check_timeout("request_timeout", request_timeout)
@@ -118,9 +137,24 @@ class LoadBalancer(Pool):
         strategy: str | Strategy = "round_robin",
         health: HealthPolicy | None = DEFAULT_HEALTH,
         clock: Callable[[], float] = time.monotonic,
+        slow_start: SlowStart | None = None,
+        filter: InstanceFilter | None = None,
+        prefer: Mapping[str, str] | None = None,
     ) -> LoadBalancer:
-        """A balancer over a fixed list of servers, without ZooKeeper (for tests, benchmarks, fallbacks)."""
-        lb = cls(None, service, strategy=strategy, health=health, clock=clock)
+        """A balancer over a fixed list of servers, without ZooKeeper (for tests, benchmarks, fallbacks).
+
+        The servers are there from the start, so slow start only ramps those that return from ejection.
+        """
+        lb = cls(
+            None,
+            service,
+            strategy=strategy,
+            health=health,
+            clock=clock,
+            slow_start=slow_start,
+            filter=filter,
+            prefer=prefer,
+        )
         instances = tuple(s if isinstance(s, ServiceInstance) else ServiceInstance.parse(s) for s in servers)
         lb._state = State.STARTED
         lb._install(Membership(service, 1, instances))

@@ -29,6 +29,7 @@ PUBLIC = {
     "RoundRobin",
     "ServiceInstance",
     "ServiceWatcher",
+    "SlowStart",
     "Strategy",
     "UnknownStrategy",
     "WeightedRandom",

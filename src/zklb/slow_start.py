@@ -1,0 +1,193 @@
+"""Slow start: a new (or returning) instance gets a growing share of its weight over a window.
+
+Envoy's formula: an instance ``t`` seconds into its window gets ``weight * f`` with
+``f = max(min_weight_percent / 100, (max(t, 1) / window) ** (1 / aggression))``, and all of its weight
+from ``window`` on. ``aggression`` 1 ramps linearly; above 1 the instance gets more traffic early on.
+
+How the balancer applies it, for every strategy, without rebuilding anything per pick: a *thinning*
+of the strategy's own picks. While some instance ramps, a pick of instance ``i`` is kept with
+probability ``f_i / F`` and otherwise drawn again, where ``F`` is at least the largest ``f`` (1 while
+any instance is past its ramp). A strategy that gives ``i`` a share ``p_i`` then gives it
+``p_i * f_i / sum(p_j * f_j)``: exactly its weight scaled by ``f_i``, for the weighted strategies. A
+pick of a warm instance costs one clock read and one dict lookup more; an instance still ramping, one
+random draw and a power. When every instance ramps at the same pace, ``f_i = F`` and nothing is
+drawn again. When the last ramp ends, the balancer goes back to the strategy's bare pick.
+
+When a ramp starts (`Ramp.start_of`): an instance that joins ramps from the later of two times: when
+this balancer first saw it, and its ``registered_at``; an instance already there when the balancer
+loaded its first membership ramps from its ``registered_at`` alone (warm servers do not ramp because a
+client started), or not at all without one. One that returns from ejection ramps from its return.
+The window is ``window`` unless the instance's metadata gives its own, in seconds, under
+``slow_start_window`` (`WINDOW_METADATA`): a codec with per-instance warm-up data (Dubbo's ``warmup``
+and ``timestamp``) hands it over as that metadata entry and ``registered_at``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from zklb.errors import ConfigurationError
+from zklb.instance import ServiceInstance
+
+__all__ = ["WINDOW_METADATA", "Ramp", "SlowStart"]
+
+#: Metadata key of an instance's own slow-start window, in seconds (a codec's warm-up data).
+WINDOW_METADATA = "slow_start_window"
+
+# How far ahead the bound on the largest factor is computed when every instance ramps: a fraction of
+# the shortest window (the bound is an O(ramping) pass, done this often at most).
+_BOUND_STEP = 1 / 50
+
+
+@dataclass(frozen=True, slots=True)
+class SlowStart:
+    """Slow-start settings: ``LoadBalancer(..., slow_start=SlowStart(window=30.0))``.
+
+    - ``window``: seconds from the ramp's start to full weight.
+    - ``min_weight_percent``: the share of its weight an instance gets at first (Envoy's default 10).
+    - ``aggression``: the ramp's curve, ``(t / window) ** (1 / aggression)``; 1 is linear.
+    """
+
+    window: float = 30.0
+    min_weight_percent: float = 10.0
+    aggression: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("window", "min_weight_percent", "aggression"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ConfigurationError(f"slow start {name} must be a finite number, got {value!r}")
+        if self.window <= 0:
+            raise ConfigurationError(f"slow start window must be positive, got {self.window!r}")
+        if not 0 < self.min_weight_percent <= 100:
+            raise ConfigurationError(
+                f"slow start min_weight_percent must be in (0, 100], got {self.min_weight_percent!r}"
+            )
+        if self.aggression <= 0:
+            raise ConfigurationError(f"slow start aggression must be positive, got {self.aggression!r}")
+
+    def factor(self, elapsed: float, window: float | None = None) -> float:
+        """The share of its weight an instance gets ``elapsed`` seconds into its ramp (1.0 once over)."""
+        span = self.window if window is None else window
+        if elapsed >= span:
+            return 1.0
+        floor = self.min_weight_percent / 100.0
+        ramped: float = (max(elapsed, 1.0) / span) ** (1.0 / self.aggression)
+        return min(1.0, max(floor, ramped))  # a window under 1 s: max(t, 1) / window may exceed 1
+
+    def window_of(self, instance: ServiceInstance) -> float:
+        """The instance's own window (metadata ``slow_start_window``, seconds) if valid, else ``window``."""
+        text = instance.metadata.get(WINDOW_METADATA)
+        if text is not None:
+            try:
+                value = float(text)
+            except ValueError:
+                return self.window
+            if math.isfinite(value) and value > 0:
+                return value
+        return self.window
+
+
+class Ramp:
+    """Which instances are ramping, since when, and the thinning test a pick goes through.
+
+    Mutated by the balancer under its lock (``follow``, ``restart``, ``expire``); read lock-free by
+    picks (``admits``, ``ends_at``), which only ever see a whole dict or float, swapped in one assignment.
+    """
+
+    __slots__ = ("_bound", "_bound_until", "_draw", "_ramping", "_seen", "_wall", "ends_at", "settings")
+
+    def __init__(
+        self,
+        settings: SlowStart,
+        *,
+        rng: random.Random | None = None,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self._draw = (rng if rng is not None else random.Random()).random
+        self._wall = wall
+        self._seen: dict[str, float] = {}  # instance id -> when this balancer first saw it (clock time)
+        # instance id -> (ramp start, window), for instances still ramping; replaced, never mutated.
+        self._ramping: dict[str, tuple[float, float]] = {}
+        self.ends_at = -math.inf  # clock time at which the last ramp ends
+        # An upper bound on every ramping instance's factor, valid until _bound_until (1.0: some are warm).
+        self._bound = 1.0
+        self._bound_until = math.inf
+
+    @property
+    def ramping(self) -> Mapping[str, tuple[float, float]]:
+        """Instance id -> (ramp start, window) of the instances ramping now (or until `expire`)."""
+        return self._ramping
+
+    def start_of(self, instance: ServiceInstance, seen: float, now: float, first: bool) -> float:
+        """When ``instance``'s ramp starts, in clock time (see the module docstring)."""
+        registered = instance.registered_at
+        if registered is None:
+            return -math.inf if first else seen
+        if registered.tzinfo is None:
+            registered = registered.replace(tzinfo=UTC)
+        age = max(0.0, (self._wall() - registered).total_seconds())
+        from_registration = now - age
+        return from_registration if first else max(seen, from_registration)
+
+    def follow(self, instances: tuple[ServiceInstance, ...], now: float, first: bool) -> None:
+        """A new membership: start the ramps of instances not seen before; forget those that left."""
+        seen = {}
+        ramping = {}
+        for inst in instances:
+            key = inst.id
+            if key in self._seen:
+                seen[key] = self._seen[key]
+                entry = self._ramping.get(key)
+                if entry is not None:
+                    ramping[key] = entry
+                continue
+            seen[key] = now
+            window = self.settings.window_of(inst)
+            start = self.start_of(inst, now, now, first)
+            if now - start < window:
+                ramping[key] = (start, window)
+        self._seen = seen
+        self._publish(ramping, len(instances), now)
+
+    def restart(self, instances: list[ServiceInstance], now: float, size: int) -> None:
+        """Instances back from ejection ramp again from ``now``."""
+        ramping = dict(self._ramping)
+        for inst in instances:
+            ramping[inst.id] = (now, self.settings.window_of(inst))
+        self._publish(ramping, size, now)
+
+    def expire(self, now: float, size: int) -> None:
+        """Drop the ramps that are over."""
+        self._publish({k: v for k, v in self._ramping.items() if now - v[0] < v[1]}, size, now)
+
+    def _publish(self, ramping: dict[str, tuple[float, float]], size: int, now: float) -> None:
+        self._ramping = ramping
+        self.ends_at = max((start + window for start, window in ramping.values()), default=-math.inf)
+        self._bound, self._bound_until = 1.0, math.inf
+        if ramping and len(ramping) >= size:
+            self._rebound(now)
+
+    def _rebound(self, now: float) -> None:
+        """Every instance ramps: bound the largest factor until a little later (an O(ramping) pass)."""
+        ramping = self._ramping
+        step = _BOUND_STEP * min(window for _, window in ramping.values())
+        later = now + step
+        factor = self.settings.factor
+        self._bound = max(factor(later - start, window) for start, window in ramping.values())
+        self._bound_until = later
+
+    def admits(self, key: str, now: float) -> bool:
+        """Whether a pick of instance ``key`` at clock time ``now`` stands (probability ``f / F``)."""
+        entry = self._ramping.get(key)
+        if entry is None:
+            return True
+        start, window = entry
+        if now >= self._bound_until:
+            self._rebound(now)
+        return self._draw() * self._bound < self.settings.factor(now - start, window)
