@@ -229,7 +229,16 @@ class Pool:
         ids = {s.id if isinstance(s, ServiceInstance) else s for s in exclude}
         if self._deferred:
             self._drain()
+        notices: list[str] = []
         with self._lock:
+            # Releases queued meanwhile (the drain met the lock held) are applied before the pick.
+            deferred = self._deferred
+            while deferred:
+                notice = self._apply_locked(deferred.popleft())
+                if notice:
+                    notices.append(notice)
+            if not deferred:
+                self._set_fast(self._fast_ok)
             picker = self._picker
             if picker is None:
                 raise NoServerAvailable(self.service, self.root)
@@ -262,6 +271,8 @@ class Pool:
                     picker.acquired(server)
             slot = self._slots[server.id]
             next(slot.started)
+        for notice in notices:
+            log.warning("%s", notice)
         return Lease(self, server, slot, perf_counter())
 
     def _take_locked(
@@ -677,45 +688,50 @@ class Pool:
             self._deferred.append(item)
             self._fast = False
             return
-        server, slot, success, latency, counted, record = item
-        notice = None
-        key = server.id
         try:
-            picker = self._picker
-            if counted:
-                next(slot.finished)
-                if picker is not None and picker.tracks_load:
-                    picker.released(server, success, latency or 0.0)
-            if not record or self._slots.get(key) is not slot:
-                return  # nothing to record, or the instance left the pool while the request ran
-            next(slot.requests)
-            if success:
-                slot.consecutive_failures = 0
-                health = self._health
-                if health is not None and key in health.probation:
-                    health.on_success(key)
-                slot.attention = False
-            else:
-                slot.failures += 1
-                slot.consecutive_failures += 1
-                slot.attention = True
-                health = self._health
-                if health is not None:
-                    active = len(self._membership) - len(self._draining)
-                    if health.on_failure(key, slot.consecutive_failures, active):
-                        notice = self._ejected_locked(key, slot.consecutive_failures)
-            if latency is not None:
-                slot.add_latency(latency)
-            if not counted and latency is not None and picker is not None:
-                observe = getattr(picker, "observe", None)  # a latency-aware picker (peak_ewma)
-                if observe is not None:
-                    observe(server, latency)
+            notice = self._apply_locked(item)
         finally:
             lock.release()
         if self._deferred and not self._draining_now:
             self._drain()
         if notice:
             log.warning("%s", notice)
+
+    def _apply_locked(self, item: _Release) -> str | None:
+        """`_release`'s work, with the lock held; an ejection notice to log (after letting go), if any."""
+        server, slot, success, latency, counted, record = item
+        notice = None
+        key = server.id
+        picker = self._picker
+        if counted:
+            next(slot.finished)
+            if picker is not None and picker.tracks_load:
+                picker.released(server, success, latency or 0.0)
+        if not record or self._slots.get(key) is not slot:
+            return None  # nothing to record, or the instance left the pool while the request ran
+        next(slot.requests)
+        if success:
+            slot.consecutive_failures = 0
+            health = self._health
+            if health is not None and key in health.probation:
+                health.on_success(key)
+            slot.attention = False
+        else:
+            slot.failures += 1
+            slot.consecutive_failures += 1
+            slot.attention = True
+            health = self._health
+            if health is not None:
+                active = len(self._membership) - len(self._draining)
+                if health.on_failure(key, slot.consecutive_failures, active):
+                    notice = self._ejected_locked(key, slot.consecutive_failures)
+        if latency is not None:
+            slot.add_latency(latency)
+        if not counted and latency is not None and picker is not None:
+            observe = getattr(picker, "observe", None)  # a latency-aware picker (peak_ewma)
+            if observe is not None:
+                observe(server, latency)
+        return notice
 
     def _drain(self) -> None:
         """Apply releases queued while the lock was held (see `_release`); called without the lock.
