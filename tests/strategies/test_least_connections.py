@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import random
-from fractions import Fraction
 from unittest.mock import patch
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.strategies.least_connections_reference import ReferenceLeastConnectionsPicker
 
 from zklb.instance import ServiceInstance
 from zklb.membership import Membership
@@ -301,22 +301,15 @@ def test_matches_a_brute_force_reference(
     assert (type(picker).__name__ == "_ScaledLeastConnectionsPicker") == scaled
     if limit is not None:
         picker._limit = limit  # cut the ring's consumed part off very often
-    counts = dict.fromkeys(names, 0)
-    counts.update(zip(names, initial, strict=False))
+    reference = ReferenceLeastConnectionsPicker(members)
+    reference.seed(dict(zip(names, initial, strict=False)))
+    counts = reference.counts
     picker.seed(counts)
     held = [name for name in names for _ in range(counts[name])]  # requests in flight
 
-    def loads() -> dict[str, Fraction]:
-        return {i: Fraction(counts[i], by_id[i].weight) for i in names}
-
-    def least(among: list[str]) -> set[str]:
-        load = loads()
-        low = min(load[i] for i in among)
-        return {i for i in among if load[i] == low}
-
     def check() -> None:
-        assert {i: picker.in_flight(i) for i in names} == counts
-        lowest = least(names)
+        assert {i: picker.in_flight(i) for i in names} == reference.counts
+        lowest = reference.least_ids()
         # As many consecutive picks as there are least-loaded instances visit each of them once.
         assert {picker.pick().id for _ in range(len(lowest))} == lowest
         assert_consistent(picker)
@@ -324,30 +317,33 @@ def test_matches_a_brute_force_reference(
     check()
     for op, k in ops:
         if op == "take":
-            expected = least(names)
-            taken = picker.acquire_pick().id
-            assert taken in expected
-            counts[taken] += 1
-            held.append(taken)
+            expected = reference.least_ids()
+            taken = picker.acquire_pick()
+            assert taken.id in expected
+            reference.acquired(taken)
+            held.append(taken.id)
         elif op == "release" and held:
             name = held.pop(k % len(held))
-            counts[name] -= 1
+            reference.released(by_id[name], *OK)
             picker.released(by_id[name], *OK)
         elif op == "acquired":
             name = names[k % len(names)]
-            counts[name] += 1
+            reference.acquired(by_id[name])
             held.append(name)
             picker.acquired(by_id[name])
         elif op == "exclude":
             excluded = {names[k % len(names)]}
-            rest = [i for i in names if i not in excluded]
             found = picker.pick_excluding(excluded)
-            assert (found.id if found else None) in (least(rest) if rest else {None})
+            nearest = reference.pick_excluding(excluded)
+            if nearest is None:
+                assert found is None  # every instance excluded
+            else:
+                assert found is not None and found.id in reference.least_ids(excluded)
         elif op == "seed":
-            picker.seed({**counts, "gone": 3})
+            picker.seed({**reference.counts, "gone": 3})
         else:
             # Ignored: releases of idle instances, and of instances not in the snapshot.
-            idle = [i for i in names if counts[i] == 0]
+            idle = [i for i in names if reference.counts[i] == 0]
             if idle:
                 picker.released(by_id[idle[k % len(idle)]], *OK)
             stranger = ServiceInstance(id="stranger", host="127.0.0.1", port=9999)
