@@ -3,9 +3,10 @@
 Servers register as ephemeral znodes (Apache Curator's x-discovery format); clients watch the registry
 and pick a server per request with a pluggable strategy::
 
-    from zklb import LoadBalancer
+    import zklb
 
-    with LoadBalancer("127.0.0.1:2181", service="api", strategy="least_connections") as lb:
+    with zklb.connect("127.0.0.1:2181") as zk:           # one session for every service
+        lb = zk.balancer("api", strategy="least_connections")
         with lb.acquire() as server:
             ...  # send the request to server.url
 
@@ -13,10 +14,12 @@ See README.md and docs/ for the rest.
 """
 
 from zklb.balancer import Lease, LoadBalancer
+from zklb.connection import Discovery, connect
 from zklb.discovery import ServiceWatcher
 from zklb.errors import (
     ClosedError,
     ConfigurationError,
+    ForkError,
     InvalidInstance,
     NoServerAvailable,
     RegistryError,
@@ -50,7 +53,9 @@ __all__ = [
     "ClosedError",
     "ConfigurationError",
     "ConsistentHash",
+    "Discovery",
     "ExponentialBackoff",
+    "ForkError",
     "HealthPolicy",
     "InstanceStats",
     "InvalidInstance",
@@ -78,6 +83,7 @@ __all__ = [
     "WeightedRoundRobin",
     "ZklbError",
     "__version__",
+    "connect",
     "register_strategy",
     "strategy_names",
 ]

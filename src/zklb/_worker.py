@@ -25,6 +25,8 @@ from collections.abc import Callable
 
 from kazoo.client import KazooClient
 
+from zklb import _fork
+
 __all__ = ["ClientWorker", "Job", "Timer"]
 
 log = logging.getLogger("zklb")
@@ -33,6 +35,16 @@ StateListener = Callable[[str], object]
 
 _registry_lock = threading.Lock()
 _workers: weakref.WeakKeyDictionary[KazooClient, ClientWorker] = weakref.WeakKeyDictionary()
+
+
+def _forget_workers() -> None:
+    """In a fork's child: the parent's workers have no thread here, and the table's lock may be held."""
+    global _registry_lock, _workers  # noqa: PLW0603 - the module's own table, replaced whole
+    _registry_lock = threading.Lock()
+    _workers = weakref.WeakKeyDictionary()
+
+
+_fork.on_child(_forget_workers)
 
 
 class Timer:

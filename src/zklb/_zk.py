@@ -9,6 +9,7 @@ import inspect
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -25,7 +26,9 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from zklb.errors import ClosedError, ConfigurationError, RegistryError, ZklbError
+from zklb import _fork
+from zklb._config import default_hosts, default_root
+from zklb.errors import ClosedError, ConfigurationError, ForkError, RegistryError, ZklbError
 from zklb.health import Connection
 
 __all__ = [
@@ -189,8 +192,10 @@ def drop_watches(
                     watchers.discard(callback)
 
 
-def check_root(root: str) -> str:
-    """Return ``root`` normalised (absolute, no trailing slash), or raise ValueError."""
+def check_root(root: str | None) -> str:
+    """Return ``root`` normalised (absolute, no trailing slash), or raise ValueError; None: ``ZKLB_ROOT``."""
+    if root is None:
+        root = default_root()
     if not isinstance(root, str) or not root.startswith("/"):
         raise ValueError(f"root must be an absolute znode path like '/services', got {root!r}")
     return join_path(root)
@@ -203,16 +208,36 @@ def check_service(service: str) -> str:
     return service
 
 
+#: Clients zklb was given (borrowed), and those of them a fork's child inherited: the latter are the
+#: parent's, whichever zklb object is handed one in the child.
+_borrowed: weakref.WeakSet[KazooClient] = weakref.WeakSet()
+_inherited: weakref.WeakSet[KazooClient] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    _inherited.update(_borrowed)
+
+
+_fork.on_child(_after_fork)
+
+
 class ClientHandle:
     """A kazoo client that zklb either owns (made from a hosts string) or borrows (passed in).
 
-    An owned client is created and started on first use and stopped by ``release()``; a borrowed one is
-    never started or stopped here. Several zklb components may share one handle; the owner counts users.
+    An owned client is created and started on first use and stopped by ``close()``; a borrowed one is
+    never started or stopped here. Given another handle, this one is a *view* onto it: it uses that
+    handle's client (connecting it if needed) but never stops or resets it, which is how a balancer
+    shares its client with its watcher and registry, and a `zklb.Discovery` with everything it makes.
+    ``None`` means the hosts in ``ZKLB_HOSTS`` (see `zklb._config`). ``kazoo_options`` go to
+    ``KazooClient`` as they are. All kazoo clients zklb makes are made here, in `_new_client`.
+
+    In the child of a fork an owned handle forgets the parent's client (without touching its session)
+    and makes a new one on next use; a borrowed one raises `ForkError` from then on (see `zklb._fork`).
     """
 
     def __init__(
         self,
-        client: str | KazooClient,
+        client: str | KazooClient | ClientHandle | None,
         *,
         session_timeout: float = 10.0,
         kazoo_options: Mapping[str, Any] | None = None,
@@ -223,25 +248,43 @@ class ClientHandle:
                 "kazoo_options configure the kazoo client zklb makes from a hosts string; this "
                 "KazooClient was made by you, so give those options to KazooClient(...) instead"
             )
-        if isinstance(client, str):
+        if isinstance(client, ClientHandle) and self._kazoo_options:
+            raise ConfigurationError(
+                "what a Discovery makes shares its kazoo client: give kazoo options to zklb.connect(...)"
+            )
+        self._parent: ClientHandle | None = None
+        self._hosts: str | None = None
+        self._client: KazooClient | None = None
+        if client is None:
+            client = default_hosts()
+        if isinstance(client, ClientHandle):
+            self._parent = client
+        elif isinstance(client, str):
             if not client.strip():
                 raise ValueError("ZooKeeper hosts must be a non-empty 'host:port[,host:port...]' string")
-            self._hosts: str | None = client
-            self._client: KazooClient | None = None
+            self._hosts = client
         elif isinstance(client, KazooClient):
-            self._hosts = None
             self._client = client
+            _borrowed.add(client)
         else:
             raise TypeError(f"expected a hosts string or a kazoo KazooClient, got {type(client).__name__}")
         self._session_timeout = session_timeout
         self._lock = threading.Lock()  # never held while connecting
         self._connecting: _Connect | None = None
         self._closed = False
+        # A borrowed client, inherited across a fork: unusable here.
+        self._forked = self._client is not None and self._client in _inherited
+        _fork.track(self)
 
     @property
     def owned(self) -> bool:
-        """True when zklb created this client and so stops it."""
+        """True when zklb created this client and this handle stops it (False for a view)."""
         return self._hosts is not None
+
+    @property
+    def reconnects_after_fork(self) -> bool:
+        """True when the client behind this handle is zklb's own, so a fork's child gets a new one."""
+        return self._parent.reconnects_after_fork if self._parent is not None else self.owned
 
     def get(self, timeout: float = DEFAULT_REQUEST_TIMEOUT) -> KazooClient:
         """The client, created and connected first if zklb owns it and has not yet.
@@ -249,9 +292,11 @@ class ClientHandle:
         Callers arriving while a connect is in progress wait for that one attempt (each at most its own
         ``timeout``) rather than queue for attempts of their own; ``close()`` never waits for it.
         """
+        if self._parent is not None:
+            self._check_open()
+            return self._parent.get(timeout)
         with self._lock:
-            if self._closed:
-                raise ClosedError("this zklb component was closed; create a new one")
+            self._check_open()
             if self._client is not None:
                 return self._client
             assert self._hosts is not None
@@ -263,19 +308,27 @@ class ClientHandle:
             return self._join(attempt, timeout)
         client = attempt.client
         try:
-            client.start(timeout=timeout)
+            # Not kazoo's start(timeout): on a timeout it stops the client itself, and stop() waits for
+            # the connection thread, which against a member that accepts and never answers sits out a
+            # whole connect timeout (10 s) after the caller's own timeout is over.
+            if not client.start_async().wait(timeout) or not client.connected:
+                raise KazooTimeoutError("Connection time-out")
         except Exception as exc:
-            _stop_quietly(client)
+            threading.Thread(target=_stop_quietly, args=(client,), name="zklb-stop", daemon=True).start()
             error = RegistryError(
                 f"could not connect to ZooKeeper at {self._hosts} within {timeout:g} s: {exc}"
             )
             with self._lock:
-                self._connecting = None
+                if self._connecting is attempt:
+                    self._connecting = None
                 attempt.finish(error)
             raise error from exc
         with self._lock:
-            self._connecting = None
-            closed = self._closed
+            # A fork's child has its own `_connecting`; this attempt's client is then the parent's.
+            current = self._connecting is attempt
+            if current:
+                self._connecting = None
+            closed = self._closed or not current
             if not closed:
                 self._client = client
             attempt.finish(ClosedError("closed while connecting") if closed else None)
@@ -283,6 +336,46 @@ class ClientHandle:
             _stop_quietly(client)
             raise ClosedError("this zklb component was closed while connecting")
         return client
+
+    def get_nowait(self) -> KazooClient:
+        """The client, made and told to connect in the background if there is none: never waits.
+
+        For re-following after a fork: the caller watches the client's state (kazoo retries the
+        connection until it is stopped) instead of waiting for it here.
+        """
+        if self._parent is not None:
+            self._check_open()
+            return self._parent.get_nowait()
+        with self._lock:
+            self._check_open()
+            if self._client is not None:
+                return self._client
+            if self._connecting is not None:
+                return self._connecting.client
+            client = self._client = self._new_client()
+        client.start_async()
+        with self._lock:
+            stale = self._closed or self._client is not client
+        if stale:  # closed (or forked) while starting: nobody else will stop this one
+            _stop_quietly(client)
+            self._check_open()
+        return client
+
+    def check(self) -> None:
+        """Raise `ClosedError` if closed, `ForkError` if the client is a borrowed one left by a fork."""
+        self._check_open()
+
+    def _check_open(self) -> None:
+        if self._parent is not None:
+            self._parent._check_open()
+        if self._closed:
+            raise ClosedError("this zklb component was closed; create a new one")
+        if self._forked:
+            raise ForkError(
+                "this zklb object was made before os.fork() on a KazooClient it does not own, and the "
+                "parent's ZooKeeper session cannot be used in the child: make it after the fork, or "
+                "pass a hosts string so that zklb reconnects by itself"
+            )
 
     def _join(self, attempt: _Connect, timeout: float) -> KazooClient:
         if not attempt.done.wait(timeout):
@@ -300,7 +393,7 @@ class ClientHandle:
     def reset(self) -> None:
         """Stop an owned client after a failed start, so that the next ``get()`` connects afresh.
 
-        A borrowed client is left alone. Unlike ``close()``, the handle stays usable.
+        A borrowed client, or a view's, is left alone. Unlike ``close()``, the handle stays usable.
         """
         with self._lock:
             client = self._client if self.owned else None
@@ -311,7 +404,7 @@ class ClientHandle:
 
     def peek(self) -> KazooClient | None:
         """The client if it exists, without creating it."""
-        return self._client
+        return self._parent.peek() if self._parent is not None else self._client
 
     def close(self) -> None:
         """Stop and close the client if zklb owns it; a borrowed client is left alone. Idempotent."""
@@ -320,6 +413,16 @@ class ClientHandle:
             client, owned = self._client, self.owned
         if client is not None and owned:
             _stop_quietly(client)
+
+    def _after_fork_in_child(self) -> None:
+        """Forget the parent's client and connect attempt: neither is ours to use or to stop."""
+        self._lock = threading.Lock()
+        self._connecting = None
+        if self._parent is None and self._client is not None:
+            if self.owned:
+                self._client = None
+            else:
+                self._forked = True
 
 
 class _Connect:

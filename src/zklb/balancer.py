@@ -23,12 +23,14 @@ from typing import Any, Self
 
 from kazoo.client import KazooClient
 
+from zklb import _fork
+from zklb._aio import run_off_loop, wait_attempt
 from zklb._pool import DEFAULT_HEALTH, Pool, State
 from zklb._starting import SharedStart
 from zklb._zk import DEFAULT_REQUEST_TIMEOUT, ClientHandle, check_root, check_service, check_timeout
 from zklb.codecs import Codec
 from zklb.discovery import ServiceWatcher
-from zklb.errors import ClosedError, NoServerAvailable, RegistryError
+from zklb.errors import ClosedError, ForkError, NoServerAvailable, RegistryError
 from zklb.health import Connection, HealthPolicy
 from zklb.instance import ServiceInstance
 from zklb.lease import Lease
@@ -44,14 +46,19 @@ log = logging.getLogger("zklb.balancer")
 
 DEFAULT_SERVICE = "default"
 
+#: The ``client`` of `LoadBalancer.static`: no ZooKeeper at all (None means ``ZKLB_HOSTS``).
+_STATIC: object = object()
+
 
 class LoadBalancer(Pool):
     """Client-side load balancing over the live instances of one service registered in ZooKeeper.
 
-    ``client`` is a hosts string (a kazoo client is made on first use and stopped by ``close()``) or a
-    started `KazooClient` (shared, never stopped here). ``kazoo_options`` (auth_data, use_ssl, ca, ...)
-    are handed to the kazoo client made from a hosts string. ``start()`` (or ``await astart()``) connects and
-    loads the pool; a pick before that starts it in the background and waits up to ``start_timeout``.
+    ``client`` is a hosts string (a kazoo client is made on first use and stopped by ``close()``; None:
+    the ``ZKLB_HOSTS`` environment variable, else ``127.0.0.1:2181``) or a started `KazooClient`
+    (shared, never stopped here); ``root`` None means ``ZKLB_ROOT``, else ``/services``.
+    ``kazoo_options`` (auth_data, use_ssl, ca, ...) are handed to the kazoo client made from a hosts
+    string. ``start()`` (or ``await astart()``) connects and loads the pool; a pick before that starts
+    it in the background and waits up to ``start_timeout``. Many services on one session: `zklb.connect`.
 
     ``health`` is the passive health policy (`HealthPolicy`; None turns ejection off).
     ``request_timeout`` bounds each ZooKeeper request, ``resync_delay`` the random delay of a re-sync
@@ -83,11 +90,11 @@ class LoadBalancer(Pool):
 
     def __init__(
         self,
-        client: str | KazooClient | None = "127.0.0.1:2181",
+        client: str | KazooClient | None = None,
         service: str = DEFAULT_SERVICE,
         *,
         strategy: str | Strategy = "round_robin",
-        root: str = "/services",
+        root: str | None = None,
         codec: Codec | None = None,
         session_timeout: float = 10.0,
         kazoo_options: Mapping[str, Any] | None = None,
@@ -118,15 +125,17 @@ class LoadBalancer(Pool):
         self._resync_delay = check_timeout("resync_delay", resync_delay, zero=True)
         self._empty_grace = check_timeout("empty_grace", empty_grace, zero=True)
         self._rng = rng
+        static = client is _STATIC
         self._handle: ClientHandle | None = None
-        if client is not None:
+        if not static:
             self._handle = ClientHandle(client, session_timeout=session_timeout, kazoo_options=kazoo_options)
         self._watcher: ServiceWatcher | None = None
         self._registry: Registry | None = None
         self._starting: SharedStart | None = None
         self._start_lock = threading.Lock()
-        if client is not None:
+        if not static:
             self._pick = self._start_then_pick  # until started: the hot path never checks state
+            _fork.track(self)
 
     @classmethod
     def static(
@@ -146,7 +155,7 @@ class LoadBalancer(Pool):
         The servers are there from the start, so slow start only ramps those that return from ejection.
         """
         lb = cls(
-            None,
+            _STATIC,
             service,
             strategy=strategy,
             health=health,
@@ -188,28 +197,14 @@ class LoadBalancer(Pool):
         attempt = self._begin_start(timeout)
         if attempt is not None:
             limit = self._start_timeout if timeout is None else timeout
-            loop = asyncio.get_running_loop()
-            ended: asyncio.Future[None] = loop.create_future()
-
-            def wake() -> None:
-                if not ended.done():
-                    ended.set_result(None)
-
-            def wake_threadsafe() -> None:
-                try:
-                    loop.call_soon_threadsafe(wake)
-                except RuntimeError:  # the loop is closed: this waiter gave up long ago
-                    pass
-
-            attempt.add_done_callback(wake_threadsafe)
-            try:
-                await asyncio.wait_for(ended, limit)
-            except TimeoutError:
-                raise RegistryError(
-                    f"load balancer for {self.service!r} not started within {limit:g} s"
-                ) from None
+            if not await wait_attempt(attempt, limit):
+                raise RegistryError(f"load balancer for {self.service!r} not started within {limit:g} s")
             self._raise_if_failed(attempt)
         return self
+
+    async def aclose(self) -> None:
+        """`close` for asyncio: the deregistrations and the client's stop run off the event loop."""
+        await run_off_loop(self.close, f"zklb-close-{self.service}")
 
     def close(self) -> None:
         """Remove this balancer's own registrations, stop watching and, if owned, stop the kazoo client.
@@ -253,7 +248,7 @@ class LoadBalancer(Pool):
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        await self.aclose()
 
     @property
     def started(self) -> bool:
@@ -278,7 +273,7 @@ class LoadBalancer(Pool):
         error = attempt.error
         if error is None:
             return
-        if isinstance(error, ClosedError | RegistryError):
+        if isinstance(error, ClosedError | ForkError | RegistryError):
             raise error
         raise RegistryError(f"load balancer for {self.service!r} could not start: {error!r}") from error
 
@@ -288,9 +283,9 @@ class LoadBalancer(Pool):
         assert handle is not None
         watcher: ServiceWatcher | None = None
         try:
-            client = handle.get(timeout)
+            handle.get(timeout)
             watcher = ServiceWatcher(
-                client,
+                handle,  # a view: the watcher uses (and after a fork re-follows) this balancer's client
                 self.service,
                 root=self.root,
                 codec=self._codec,
@@ -385,6 +380,7 @@ class LoadBalancer(Pool):
             raise ClosedError(f"load balancer for {self.service!r} is closed")
         if self._handle is None or self._state is State.STARTED:
             return
+        self._handle.check()  # ForkError at once in a fork's child on a borrowed client
         attempt = self._begin_start(None)
         if attempt is None:
             return
@@ -412,12 +408,29 @@ class LoadBalancer(Pool):
                 raise ClosedError(f"load balancer for {self.service!r} is closed")
             if self._registry is None:
                 self._registry = Registry(
-                    self._handle.get(),
+                    self._handle,  # a view, as for the watcher
                     root=self.root,
                     codec=self._codec,
                     request_timeout=self._request_timeout,
                 )
             return self._registry
+
+    def _after_fork_in_child(self) -> None:
+        """Locks afresh; keep serving the last pool while the watcher re-follows (see `zklb._fork`).
+
+        On a borrowed client nothing can follow: the balancer goes back to unstarted, so that every
+        pick goes through `_ensure_started`, which raises `ForkError`.
+        """
+        self._update_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._installed = threading.Condition(threading.Lock())
+        self._start_lock = threading.Lock()
+        self._starting = None  # a start in progress ran on a thread this process does not have
+        handle = self._handle
+        if handle is not None and not handle.reconnects_after_fork and self._state is State.STARTED:
+            self._state = State.NEW
+            self._fast = self._fast_ok = False
+            self._pick = self._start_then_pick
 
     def _start_then_pick(self) -> ServiceInstance:
         # Installed as the pick function until the first start, so the hot path never checks state.

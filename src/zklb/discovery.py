@@ -34,6 +34,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.protocol.states import EventType, WatchedEvent
 
+from zklb import _fork
 from zklb._worker import ClientWorker, Job
 from zklb._zk import (
     DEFAULT_REQUEST_TIMEOUT,
@@ -49,7 +50,7 @@ from zklb._zk import (
 )
 from zklb.codecs import Codec
 from zklb.codecs.curator import CuratorCodec
-from zklb.errors import ClosedError, InvalidInstance, RegistryError
+from zklb.errors import ClosedError, InvalidInstance, RegistryError, ZklbError
 from zklb.health import Connection
 from zklb.instance import ServiceInstance
 from zklb.membership import Membership
@@ -109,7 +110,8 @@ class ServiceWatcher:
     """Watches ``/<root>/<service>`` and publishes its live instances as `Membership` snapshots.
 
     ``client`` is a hosts string (the watcher makes, starts and stops its own kazoo client, with
-    ``kazoo_options`` such as auth_data or use_ssl) or a started `KazooClient` (never stopped here).
+    ``kazoo_options`` such as auth_data or use_ssl; None: the ``ZKLB_HOSTS`` environment variable) or a
+    started `KazooClient` (never stopped here); ``root`` None means ``ZKLB_ROOT`` (else ``/services``).
     ``start()`` returns once the first membership is loaded.
     ``request_timeout`` bounds each ZooKeeper request; ``resync_delay`` is the most a re-sync after a
     reconnect is put off (a random share of it); ``rng`` makes that delay repeatable. When every
@@ -118,10 +120,10 @@ class ServiceWatcher:
 
     def __init__(
         self,
-        client: str | KazooClient,
-        service: str,
+        client: str | KazooClient | None = None,
+        service: str = "",
         *,
-        root: str = "/services",
+        root: str | None = None,
         codec: Codec | None = None,
         session_timeout: float = 10.0,
         kazoo_options: Mapping[str, Any] | None = None,
@@ -160,12 +162,16 @@ class ServiceWatcher:
         self._loaded = threading.Event()
         self._published = threading.Condition()
         self._reads = 0
+        self._forked = False  # made before a fork on a borrowed client: unusable in this process
+        _fork.track(self)
 
     # -- public API ---------------------------------------------------------------------------------
 
     @property
     def membership(self) -> Membership:
         """The latest snapshot (the last known one while ZooKeeper is unreachable)."""
+        if self._forked:
+            self._handle.check()
         return self._membership
 
     @property
@@ -194,6 +200,8 @@ class ServiceWatcher:
         with self._state_lock:
             if self._state is _State.CLOSED:
                 raise ClosedError(f"watcher of {self.path} is closed")
+            if self._forked:
+                self._handle.check()
             first = self._state is _State.NEW
             if first:
                 self._state = _State.STARTING
@@ -216,6 +224,8 @@ class ServiceWatcher:
         with self._state_lock:
             if self._state is _State.CLOSED:
                 raise ClosedError(f"watcher of {self.path} is closed")
+            if self._forked:
+                self._handle.check()
             with self._lock:
                 self._listeners.append(subscriber)
         if self._loaded.is_set():
@@ -228,6 +238,8 @@ class ServiceWatcher:
 
     def wait_for(self, predicate: Callable[[Membership], bool], timeout: float) -> bool:
         """Block until the current snapshot satisfies ``predicate``; False if ``timeout`` s pass first."""
+        if self._forked:
+            self._handle.check()
         deadline = time.monotonic() + timeout
         with self._published:
             while not predicate(self._membership):
@@ -276,6 +288,10 @@ class ServiceWatcher:
                 if self._state is _State.STARTING:
                     self._state = _State.NEW
             raise
+        self._attach(client)
+
+    def _attach(self, client: KazooClient) -> None:
+        """Follow ``client`` (connected or not: a sync waits for CONNECTED) from its worker thread."""
         worker = ClientWorker.attach(client)
         with self._state_lock:
             if self._state is _State.CLOSED:  # closed while connecting
@@ -319,6 +335,43 @@ class ServiceWatcher:
             self._loaded.clear()
             self._handle.reset()
             self._client = None
+
+    def _after_fork_in_child(self) -> _fork.Resume | None:
+        """Keep the last membership; follow a new session of an owned client, never the parent's."""
+        self._state_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._published = threading.Condition()
+        loaded = self._loaded.is_set()
+        self._loaded = threading.Event()
+        if loaded:
+            self._loaded.set()
+        for subscriber in self._listeners:
+            subscriber._lock = threading.Lock()
+        # What the parent's worker would have run belongs to the parent: a new generation, no worker.
+        self._generation += 1
+        self._client = self._worker = self._job = None
+        self._children = {}
+        self._children_dirty, self._rearm, self._data_dirty = True, False, set()
+        self._held_since = None
+        if self._state is _State.STARTING or (self._state is _State.STARTED and not loaded):
+            self._state = _State.NEW  # a start in progress: the thread running it is not in this process
+        elif self._state is _State.STARTED:
+            if self._handle.reconnects_after_fork:
+                return self._resume
+            self._forked = True
+        return None
+
+    def _resume(self) -> None:
+        """After a fork: follow a new client (connecting in the background) from the last membership."""
+        with self._state_lock:
+            if self._state is not _State.STARTED or self._worker is not None:
+                return
+        try:
+            client = self._handle.get_nowait()
+        except ZklbError:  # closed meanwhile
+            return
+        log.info("%s: following a new ZooKeeper session after fork", self.path)
+        self._attach(client)
 
     def _schedule(self, delay: float) -> None:
         """Run a sync on the worker after ``delay`` seconds (now if 0), coalescing with one pending."""

@@ -10,6 +10,7 @@ Every error zklb raises on purpose derives from one root::
     │   └── zklb.requests.NoServerAvailableError   also a requests.ConnectionError (the adapter)
     ├── RegistryError          ZooKeeper refused or failed a registry operation, or did not answer in time
     ├── ClosedError            a component was used after ``close()``
+    ├── ForkError              a component on a borrowed KazooClient was used in the child of a fork
     └── ConfigurationError     a setting (a policy, a timeout) out of its range
 
 ZooKeeper (kazoo) errors are translated at the edge, in the registry and watcher modules, with
@@ -21,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "ClosedError",
     "ConfigurationError",
+    "ForkError",
     "InvalidInstance",
     "NoServerAvailable",
     "RegistryError",
@@ -65,6 +67,14 @@ class RegistryError(ZklbError):
 
 class ClosedError(ZklbError, RuntimeError):
     """A component was used after ``close()``; components cannot be reopened."""
+
+
+class ForkError(ZklbError, RuntimeError):
+    """A component made before ``os.fork()`` on a borrowed `KazooClient` was used in the child.
+
+    The parent's ZooKeeper session is not the child's: make the component after the fork, or give it a
+    hosts string (or use `zklb.connect`), and zklb reconnects in the child by itself.
+    """
 
 
 class ConfigurationError(ZklbError, ValueError):

@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Protocol, Self
 
+from zklb._aio import run_off_loop
 from zklb._zk import join_path
 from zklb.codecs import Codec
-from zklb.errors import ClosedError
+from zklb.errors import ClosedError, ForkError
 from zklb.instance import ServiceInstance, check_weight
 
 __all__ = ["DRAINING_STATUS", "Registration"]
@@ -64,6 +65,7 @@ class Registration:
         self._refused = False  # a pass found that no retry can create it (_error says why)
         self._closing = threading.Event()
         self._lock = threading.Lock()
+        self._parents = False  # made before a fork, in this process's parent: its znode is not ours
 
     @property
     def instance(self) -> ServiceInstance:
@@ -119,6 +121,11 @@ class Registration:
 
     def _set(self, weight: int | None, metadata: Callable[[Mapping[str, str]], Mapping[str, str]]) -> None:
         """Change the desired data only; a reconcile pass writes it."""
+        if self._parents:
+            raise ForkError(
+                f"registration {self.path} was made before os.fork() and belongs to the parent process; "
+                "register again in the child if it needs a registration of its own"
+            )
         if self.closed:
             raise ClosedError(f"registration {self.path} is closed")
         with self._lock:  # read, modify, write: concurrent update() and drain() both land
@@ -136,8 +143,14 @@ class Registration:
 
         With ``drain`` seconds, first `drain` and wait that long (cut short if the registry closes),
         so that clients stop sending new requests while the ones in flight finish.
+
+        In the child of a fork, a registration made before it is the parent's: closing it there only
+        closes the handle, and the parent's znode stays.
         """
         if self.closed:
+            return
+        if self._parents:
+            self._state = _State.CLOSED
             return
         if drain > 0:
             self.drain()
@@ -145,10 +158,20 @@ class Registration:
         self._state = _State.CLOSED
         self._registry._deregister(self)
 
+    async def aclose(self, drain: float = 0.0) -> None:
+        """`close` for asyncio: the drain's wait and the delete run off the event loop."""
+        await run_off_loop(lambda: self.close(drain), "zklb-registration-close")
+
     def _mark_closed(self) -> None:
         """Closed by its registry (given up, or the registry closed): no more changes, drains cut short."""
         self._state = _State.CLOSED
         self._closing.set()
+
+    def _after_fork_in_child(self) -> None:
+        """Called by the registry in a fork's child: from now on this handle is the parent's."""
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._parents = True
 
     def confirmed(self) -> bool:
         """Whether ZooKeeper was seen holding this registration's latest desired data."""

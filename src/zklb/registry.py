@@ -41,7 +41,9 @@ from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, N
 from kazoo.protocol.states import EventType, WatchedEvent
 from kazoo.security import ACL
 
+from zklb import _fork
 from zklb._acl import Refused, create_ephemeral, registry_acl
+from zklb._aio import run_off_loop
 from zklb._signals import install_shutdown
 from zklb._worker import ClientWorker, Job
 from zklb._zk import (
@@ -73,9 +75,10 @@ class Registry:
     """Registers service instances in ZooKeeper and keeps them registered.
 
     ``client`` is a hosts string (``"127.0.0.1:2181"``; the registry makes, starts and stops its own kazoo
-    client, with ``kazoo_options`` such as auth_data or use_ssl) or a started `KazooClient` (never
-    stopped here). Instances are stored with ``codec``
-    (Curator x-discovery JSON by default) under ``root``. ``request_timeout`` bounds each call that
+    client, with ``kazoo_options`` such as auth_data or use_ssl; None: the ``ZKLB_HOSTS`` environment
+    variable) or a started `KazooClient` (never stopped here). Instances are stored with ``codec``
+    (Curator x-discovery JSON by default) under ``root`` (None: ``ZKLB_ROOT``, else ``/services``).
+    ``request_timeout`` bounds each call that
     waits for ZooKeeper (``register()``, ``update()``, ``close()``); ``rng`` makes retry jitter repeatable.
 
     ``auth=("digest", "user:password")`` authenticates the registry's client and creates registrations,
@@ -87,9 +90,9 @@ class Registry:
 
     def __init__(
         self,
-        client: str | KazooClient,
+        client: str | KazooClient | None = None,
         *,
-        root: str = "/services",
+        root: str | None = None,
         codec: Codec | None = None,
         session_timeout: float = 10.0,
         kazoo_options: Mapping[str, Any] | None = None,
@@ -119,6 +122,7 @@ class Registry:
         self._failures = 0
         self._closed = False
         self._start_lock = threading.Lock()
+        _fork.track(self)
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -192,6 +196,26 @@ class Registry:
         raise RegistryError(
             f"could not register {instance.url} at {registration.path} within {timeout:g} s: {reason}"
         )
+
+    async def aregister(
+        self,
+        service: str,
+        server: str | ServiceInstance,
+        *,
+        weight: int = 1,
+        metadata: Mapping[str, str] | None = None,
+        id: str | None = None,
+        timeout: float | None = None,
+    ) -> Registration:
+        """`register` for asyncio: the event loop goes on while ZooKeeper confirms (or does not).
+
+        If the awaiting task is cancelled, a registration that still completes is closed again.
+        """
+
+        def register() -> Registration:
+            return self.register(service, server, weight=weight, metadata=metadata, id=id, timeout=timeout)
+
+        return await run_off_loop(register, f"zklb-register-{service}", orphan=Registration.close)
 
     def registrations(self) -> tuple[Registration, ...]:
         """The open registrations of this registry."""
@@ -274,6 +298,10 @@ class Registry:
 
         install_shutdown(signum, shutdown, name=f"registry {self.root}")
 
+    async def aclose(self, timeout: float | None = None) -> None:
+        """`close` for asyncio: deregistering runs off the event loop."""
+        await run_off_loop(lambda: self.close(timeout), "zklb-registry-close")
+
     def __enter__(self) -> Self:
         return self
 
@@ -281,6 +309,14 @@ class Registry:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
 
     # -- what registrations call ----------------------------------------------------------------------
 
@@ -326,6 +362,21 @@ class Registry:
             self._client, self._worker = client, worker
             self._job = Job(worker, self._reconcile)
             worker.subscribe(self._on_state)
+
+    def _after_fork_in_child(self) -> None:
+        """The registrations so far are the parent's: forget them, touching nothing in ZooKeeper.
+
+        New ones are made on a new session (owned client) or raise `ForkError` (borrowed client).
+        """
+        self._cond = threading.Condition(threading.Lock())
+        self._start_lock = threading.Lock()
+        for registration in self._desired.values():
+            registration._after_fork_in_child()
+        self._desired.clear()
+        self._tombstones.clear()
+        self._conflicts.clear()
+        self._client = self._worker = self._job = None
+        self._failures = 0
 
     def _retire(self) -> None:
         """Leave the client's worker: after close, once nothing is left to delete."""
