@@ -8,6 +8,8 @@ PUBLIC = {
     "ClosedError",
     "ConfigurationError",
     "ConsistentHash",
+    "Discovery",
+    "ForkError",
     "HealthPolicy",
     "InstanceStats",
     "InvalidInstance",
@@ -36,6 +38,7 @@ PUBLIC = {
     "WeightedRoundRobin",
     "ZklbError",
     "__version__",
+    "connect",
     "register_strategy",
     "strategy_names",
 }
@@ -55,6 +58,7 @@ def test_errors_share_one_root() -> None:
     for name in (
         "ClosedError",
         "ConfigurationError",
+        "ForkError",
         "InvalidInstance",
         "NoServerAvailable",
         "RegistryError",
