@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, Unpack
 
 from zklb import _fork
 from zklb._aio import run_off_loop, wait_attempt
@@ -32,7 +31,7 @@ from zklb.balancer import LoadBalancer
 from zklb.discovery import ServiceWatcher
 from zklb.errors import ClosedError, RegistryError
 from zklb.instance import ServiceInstance
-from zklb.registry import Registration, Registry
+from zklb.registry import RegisterOptions, Registration, Registry
 
 __all__ = ["Discovery", "connect"]
 
@@ -105,33 +104,16 @@ class Discovery:
             return self._registry
 
     def register(
-        self,
-        service: str,
-        server: str | ServiceInstance,
-        *,
-        weight: int = 1,
-        metadata: Mapping[str, str] | None = None,
-        id: str | None = None,
-        timeout: float | None = None,
+        self, service: str, server: str | ServiceInstance, **options: Unpack[RegisterOptions]
     ) -> Registration:
-        """Register ``server`` for ``service`` on this session (see `Registry.register`)."""
-        registry = self.registry
-        return registry.register(service, server, weight=weight, metadata=metadata, id=id, timeout=timeout)
+        """Register ``server`` for ``service`` on this session (keywords as for `Registry.register`)."""
+        return self.registry.register(service, server, **options)
 
     async def aregister(
-        self,
-        service: str,
-        server: str | ServiceInstance,
-        *,
-        weight: int = 1,
-        metadata: Mapping[str, str] | None = None,
-        id: str | None = None,
-        timeout: float | None = None,
+        self, service: str, server: str | ServiceInstance, **options: Unpack[RegisterOptions]
     ) -> Registration:
         """`register` for asyncio: the event loop goes on while ZooKeeper confirms."""
-        return await self.registry.aregister(
-            service, server, weight=weight, metadata=metadata, id=id, timeout=timeout
-        )
+        return await self.registry.aregister(service, server, **options)
 
     # -- lifecycle ------------------------------------------------------------------------------
 

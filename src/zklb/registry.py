@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypedDict, Unpack
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
@@ -69,6 +69,15 @@ log = logging.getLogger("zklb.registry")
 
 #: Longest wait between two reconcile attempts while ZooKeeper keeps failing a request.
 MAX_BACKOFF = 5.0
+
+
+class RegisterOptions(TypedDict, total=False):
+    """The keywords of `Registry.register`, for the calls that pass them on."""
+
+    weight: int
+    metadata: Mapping[str, str] | None
+    id: str | None
+    timeout: float | None
 
 
 class Registry:
@@ -198,24 +207,17 @@ class Registry:
         )
 
     async def aregister(
-        self,
-        service: str,
-        server: str | ServiceInstance,
-        *,
-        weight: int = 1,
-        metadata: Mapping[str, str] | None = None,
-        id: str | None = None,
-        timeout: float | None = None,
+        self, service: str, server: str | ServiceInstance, **options: Unpack[RegisterOptions]
     ) -> Registration:
-        """`register` for asyncio: the event loop goes on while ZooKeeper confirms (or does not).
+        """`register` for asyncio (same keywords): the loop goes on while ZooKeeper confirms (or does not).
 
         If the awaiting task is cancelled, a registration that still completes is closed again.
         """
-
-        def register() -> Registration:
-            return self.register(service, server, weight=weight, metadata=metadata, id=id, timeout=timeout)
-
-        return await run_off_loop(register, f"zklb-register-{service}", orphan=Registration.close)
+        return await run_off_loop(
+            functools.partial(self.register, service, server, **options),
+            f"zklb-register-{service}",
+            orphan=Registration.close,
+        )
 
     def registrations(self) -> tuple[Registration, ...]:
         """The open registrations of this registry."""
