@@ -160,3 +160,28 @@ def test_close_during_a_start_wakes_the_starter_at_once() -> None:
     assert len(outcome) == 1 and isinstance(outcome[0], ClosedError), outcome
     with pytest.raises(ClosedError):
         discovery.start()
+
+
+def test_a_cancelled_aregister_leaves_no_registration(zk: KazooClient, zk_hosts: str, service: str) -> None:
+    registry = Registry(zk_hosts)
+
+    async def main() -> None:
+        task = asyncio.create_task(registry.aregister(service, "http://10.0.0.1:80", id="cancelled"))
+        await asyncio.sleep(0)  # the call is on its way to ZooKeeper
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(main())
+        # The register went on after the cancel; what it made, nobody holds, so it is closed again.
+        wait_until(lambda: not registry.registrations(), 10, "the orphaned registration closed")
+        path = f"/services/{service}/cancelled"
+
+        def gone() -> bool:
+            zk.sync(path)
+            return zk.exists(path) is None
+
+        wait_until(gone, 10, "its znode gone")
+    finally:
+        registry.close()

@@ -12,8 +12,13 @@ from zklb import ClosedError, Discovery
 from zklb.testing import wait_until
 
 
-def _zklb_threads() -> int:
-    return sum(1 for t in threading.enumerate() if t.is_alive())
+def _new_threads(before: set[threading.Thread]) -> set[threading.Thread]:
+    """Live threads that were not there ``before`` (threads of earlier tests may still be ending)."""
+    return {t for t in threading.enumerate() if t.is_alive() and t not in before}
+
+
+def _starts_done() -> bool:
+    return not any(t.name.startswith(("zklb-start", "zklb-connect")) for t in threading.enumerate())
 
 
 def test_balancer_watcher_and_registry_share_one_session(zk_hosts: str, service: str) -> None:
@@ -32,22 +37,22 @@ def test_balancer_watcher_and_registry_share_one_session(zk_hosts: str, service:
 
 
 def test_twenty_services_one_session_and_threads_that_do_not_grow(zk_hosts: str, service: str) -> None:
-    before = _zklb_threads()
+    before = set(threading.enumerate())
     with zklb.connect(zk_hosts) as zk:
         one = zk.balancer(f"{service}-0").start()
-        wait_until(lambda: not any(t.name.startswith("zklb-start") for t in threading.enumerate()), 10)
-        with_one = _zklb_threads()
+        wait_until(_starts_done, 10)
+        with_one = _new_threads(before)
         balancers = [one] + [zk.balancer(f"{service}-{i}").start() for i in range(1, 20)]
-        wait_until(lambda: not any(t.name.startswith("zklb-start") for t in threading.enumerate()), 10)
-        with_twenty = _zklb_threads()
+        wait_until(_starts_done, 10)
+        with_twenty = _new_threads(before)
         clients = [lb._watcher._client for lb in balancers if lb._watcher is not None]
         sessions = {client.client_id[0] for client in clients if client is not None}
-        print(f"\n[20 services, one Discovery] threads: +{with_twenty - before}; sessions: {len(sessions)}")
+        print(f"\n[20 services, one Discovery] threads: +{len(with_twenty)}; sessions: {len(sessions)}")
         assert len(sessions) == 1
         assert with_twenty == with_one  # the 19 more services cost no thread
-        assert with_twenty - before <= 6  # kazoo's connection and handler threads, and one zklb worker
+        assert len(with_twenty) <= 6  # kazoo's connection and handler threads, and one zklb worker
     # Closing the Discovery takes every thread it made with it.
-    wait_until(lambda: _zklb_threads() <= before, 10, "threads back to what they were")
+    wait_until(lambda: not _new_threads(before), 10, "threads back to what they were")
 
 
 def test_close_ends_the_session_and_everything_made(zk: KazooClient, zk_hosts: str, service: str) -> None:
