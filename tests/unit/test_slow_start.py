@@ -117,11 +117,11 @@ def test_thinning_gives_each_ramping_instance_its_weight_times_its_factor() -> N
     ramp.follow(members, clock(), first=False)  # all three ramp, from different starts:
     ramp.restart([members[1]], clock() + 20.0, 3)
     ramp.restart([members[2]], clock() + 60.0, 3)
-    now = clock() + 80.0  # factors 0.8, 0.6, 0.2
+    ramp.tick(clock() + 80.0 - 1.0, 3)  # the step around 80 s: factors 0.8, 0.6, 0.2
     admitted: Counter[str] = Counter()
     for _ in range(30_000):
         pick = members[rng.randrange(3)]
-        if ramp.admits(pick.id, now):
+        if ramp.admits(pick.id):
             admitted[pick.id] += 1
     total = sum(admitted.values())
     for key, factor in (("i0", 0.8), ("i1", 0.6), ("i2", 0.2)):
