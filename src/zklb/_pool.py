@@ -51,6 +51,9 @@ __all__ = ["DEFAULT_HEALTH", "Pool", "State"]
 
 log = logging.getLogger("zklb.balancer")
 
+#: An ejection's log line, and the panic notice if that ejection started panic mode.
+_Ejection = tuple[str, str | None]
+
 #: Picks tried before a skip-aware scan, while some instances are ejected or draining.
 _REPICKS = 4
 #: Draws at most per pick while thinning for slow start (each keeps >= min_weight_percent of its chance).
@@ -235,7 +238,7 @@ class Pool:
         ids = {s.id if isinstance(s, ServiceInstance) else s for s in exclude}
         if self._deferred:
             self._drain()
-        notices: list[str] = []
+        notices: list[_Ejection] = []
         with self._lock:
             # Releases queued meanwhile (the drain met the lock held) are applied before the pick.
             deferred = self._deferred
@@ -283,7 +286,7 @@ class Pool:
             slot = self._slots[server.id]
             next(slot.started)
         for notice in notices:
-            log.warning("%s", notice)
+            _log_ejection(notice)
         return Lease(self, server, slot, perf_counter())
 
     def _take_locked(
@@ -724,10 +727,10 @@ class Pool:
         if self._deferred and not self._draining_now:
             self._drain()
         if notice:
-            log.warning("%s", notice)
+            _log_ejection(notice)
 
-    def _apply_locked(self, item: _Release) -> str | None:
-        """`_release`'s work, with the lock held; an ejection notice to log (after letting go), if any."""
+    def _apply_locked(self, item: _Release) -> _Ejection | None:
+        """`_release`'s work, with the lock held; an ejection to log (after letting go), if any."""
         server, slot, success, latency, counted, record = item
         notice = None
         key = server.id
@@ -786,16 +789,19 @@ class Pool:
             finally:
                 lock.release()
 
-    def _ejected_locked(self, key: str, failures: int) -> str:
+    def _ejected_locked(self, key: str, failures: int) -> _Ejection:
+        """What to log, once the lock is released: the ejection (INFO), and panic if it began (WARNING)."""
         assert self._health is not None
         panic = self._refresh_locked()
         until = self._health.ejected[key] - self._health.now()
         times = self._health.times_ejected(key)
-        notice = (
-            f"{self.service}: ejected instance {key} for {until:g} s after {failures} failures in a row "
-            f"(ejection {times})"
+        instance = self._membership.by_id.get(key)
+        where = f" ({instance.url})" if instance is not None else ""
+        ejection = (
+            f"{self.service}: ejected instance {key}{where} for {until:.3g} s after {failures} failures "
+            f"in a row (ejection {times})"
         )
-        return notice if panic is None else f"{notice}; {panic}"
+        return ejection, panic
 
 
 _new = object.__new__
@@ -829,6 +835,14 @@ def _thin(
             break
         server = drawn
     return server
+
+
+def _log_ejection(notice: _Ejection) -> None:
+    """An ejection is routine (INFO); the panic it may have started is not (WARNING)."""
+    ejection, panic = notice
+    log.info("%s", ejection)
+    if panic:
+        log.warning("%s", panic)
 
 
 def _choose(picker: Picker, skipped: Collection[str]) -> ServiceInstance | None:

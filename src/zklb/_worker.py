@@ -26,6 +26,7 @@ from collections.abc import Callable
 from kazoo.client import KazooClient
 
 from zklb import _fork
+from zklb._outage import Outage
 
 __all__ = ["ClientWorker", "Job", "Timer"]
 
@@ -77,6 +78,8 @@ class ClientWorker:
         self._thread: threading.Thread | None = None
         # Registration path -> the registry holding it: registries sharing a client share its session.
         self._claims: dict[str, object] = {}
+        self._services: list[tuple[StateListener, str]] = []  # copy-on-write, as _listeners
+        self._outage = Outage()
 
     # -- users ------------------------------------------------------------------------------------------
 
@@ -145,17 +148,24 @@ class ClientWorker:
 
     # -- connection state -------------------------------------------------------------------------------
 
-    def subscribe(self, listener: StateListener) -> None:
-        """Call ``listener(state)`` on kazoo's thread at each connection state change; it must not block."""
+    def subscribe(self, listener: StateListener, *, service: str | None = None) -> None:
+        """Call ``listener(state)`` on kazoo's thread at each connection state change; it must not block.
+
+        ``service`` names what a watcher serves, for the log line that says whose membership is stale.
+        """
         with self._cond:
             self._listeners = [*self._listeners, listener]
+            if service is not None:
+                self._services = [*self._services, (listener, service)]
 
     def unsubscribe(self, listener: StateListener) -> None:
         """Stop calling ``listener``; unknown listeners are ignored."""
         with self._cond:
             self._listeners = [x for x in self._listeners if x != listener]
+            self._services = [(x, name) for x, name in self._services if x != listener]
 
     def _on_state(self, state: str) -> None:
+        self._outage.on_state(state, self._client_ref(), [name for _, name in self._services])
         for listener in self._listeners:  # a copy-on-write list: no lock on kazoo's thread
             try:
                 listener(state)

@@ -28,6 +28,7 @@ from tenacity import (
 
 from zklb import _fork
 from zklb._config import default_hosts, default_root
+from zklb._outage import QuietKazooLog
 from zklb.errors import ClosedError, ConfigurationError, ForkError, RegistryError, ZklbError
 from zklb.health import Connection
 
@@ -134,14 +135,19 @@ def make_client(
     ``kazoo_options`` (checked by `check_kazoo_options`) are passed on; ``connection_retry`` and
     ``command_retry`` among them replace zklb's defaults.
     """
+    quiet = QuietKazooLog()  # kazoo's lines under zklb.kazoo, one warning per outage
     options: dict[str, Any] = {
         # Keep reconnecting forever (the point is to survive outages), but never let one
         # command block for ever: commands go through bounded_retry instead.
         "connection_retry": KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=1.0),
         "command_retry": KazooRetry(max_tries=0),
+        "logger": quiet,
     }
     options.update(check_kazoo_options(kazoo_options))
-    return KazooClient(hosts=hosts, timeout=session_timeout, **options)
+    client = KazooClient(hosts=hosts, timeout=session_timeout, **options)
+    if options["logger"] is quiet:
+        client.add_listener(quiet.on_state)
+    return client
 
 
 def session_id(client: KazooClient) -> int | None:

@@ -308,6 +308,12 @@ class LoadBalancer(Pool):
                     self._state = State.STARTED
                     self._refresh_locked()
                 self._starting = None
+            log.info(
+                "load balancer for %s started: %d instances, strategy %s",
+                watcher.path,
+                len(self._membership),
+                self._strategy.name,
+            )
         except BaseException:
             if watcher is not None:
                 watcher.close()

@@ -35,6 +35,7 @@ from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.protocol.states import EventType, WatchedEvent
 
 from zklb import _fork
+from zklb._changes import describe_change
 from zklb._worker import ClientWorker, Job
 from zklb._zk import (
     DEFAULT_REQUEST_TIMEOUT,
@@ -58,6 +59,9 @@ from zklb.membership import Membership
 __all__ = ["MembershipListener", "ServiceWatcher"]
 
 log = logging.getLogger("zklb.discovery")
+
+#: Malformed znodes remembered as reported (to report each version once); forgotten all at once past it.
+MAX_MALFORMED_REMEMBERED = 10_000
 
 #: Called with each new snapshot, on the client's zklb worker thread.
 MembershipListener = Callable[[Membership], object]
@@ -162,6 +166,7 @@ class ServiceWatcher:
         self._loaded = threading.Event()
         self._published = threading.Condition()
         self._reads = 0
+        self._malformed: dict[str, int] = {}  # child name -> the version (mzxid) already reported
         self._forked = False  # made before a fork on a borrowed client: unusable in this process
         _fork.track(self)
 
@@ -306,7 +311,7 @@ class ServiceWatcher:
                 # Read everything afresh: what an earlier, failed start read is not watched any more.
                 self._children = {}
                 self._children_dirty, self._rearm = True, True
-            worker.subscribe(self._on_state)
+            worker.subscribe(self._on_state, service=self.service)
             self._schedule(0.0)
 
     def _unfollow(self, *, reset: bool) -> None:
@@ -582,18 +587,24 @@ class ServiceWatcher:
             previous = known.get(name)
             if previous is not None and previous.mzxid == stat.mzxid:
                 continue
-            known[name] = _Child(stat.mzxid, self._decode(name, data))
+            known[name] = _Child(stat.mzxid, self._decode(name, data, stat.mzxid))
             changed = True
         return changed
 
-    def _decode(self, name: str, data: bytes) -> ServiceInstance | None:
+    def _decode(self, name: str, data: bytes, mzxid: int) -> ServiceInstance | None:
         try:
-            return self.codec.decode(self.service, name, data)
-        except InvalidInstance as exc:
-            log.warning("skipping malformed instance %s/%s: %s", self.path, name, exc)
-        except Exception as exc:  # a codec bug must not stop the watcher either
-            log.warning("skipping instance %s/%s: codec failed: %r", self.path, name, exc)
-        return None
+            instance = self.codec.decode(self.service, name, data)
+        except Exception as exc:  # InvalidInstance, or a codec bug: either must not stop the watcher
+            # Once per version of the znode: a re-read after a reconnect or a restart says nothing new.
+            if self._malformed.get(name) != mzxid:
+                if len(self._malformed) >= MAX_MALFORMED_REMEMBERED:
+                    self._malformed.clear()
+                self._malformed[name] = mzxid
+                reason = str(exc) if isinstance(exc, InvalidInstance) else f"codec failed: {exc!r}"
+                log.warning("skipping malformed instance %s/%s: %s", self.path, name, reason)
+            return None
+        self._malformed.pop(name, None)
+        return instance
 
     def _publish(self, instances: tuple[ServiceInstance, ...]) -> None:
         try:
@@ -602,8 +613,14 @@ class ServiceWatcher:
             log.warning("membership of %s not published: %s", self.path, exc)
             return
         with self._published:
-            self._membership = membership
+            previous, self._membership = self._membership, membership
             self._published.notify_all()
+        if self._loaded.is_set():
+            change = describe_change(previous, membership)
+            if change is not None:
+                log.info("%s: %s (now %d instances)", self.path, change, len(membership))
+        else:
+            log.debug("%s: loaded %d instances", self.path, len(membership))
         self._loaded.set()
         with self._lock:
             subscribers = list(self._listeners)

@@ -598,9 +598,11 @@ def test_ejection_and_return_are_logged(caplog: pytest.LogCaptureFixture) -> Non
     clock = FakeClock()
     lb = balancer(pool("a", "b", "c"), clock)
     fail(lb, "a")
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    assert "ejected instance a for 30 s after 5 failures in a row (ejection 1)" in warnings[0]
+    # An ejection is news (INFO), not trouble: only panic is a warning.
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    message = caplog.records[0].getMessage()
+    assert "ejected instance a (http://10.0.0.0:8000) for 30 s after 5 failures in a row" in message
+    assert message.endswith("(ejection 1)")
     caplog.clear()
     clock.advance(30)
     lb.get_server()
