@@ -18,6 +18,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from types import TracebackType
@@ -114,6 +115,14 @@ class Discovery:
     ) -> Registration:
         """`register` for asyncio: the event loop goes on while ZooKeeper confirms."""
         return await self.registry.aregister(service, server, **options)
+
+    def close_on_signal(self, signum: int = signal.SIGTERM, *, drain: float = 5.0) -> None:
+        """On ``signum``, drain and then delete every registration of this session, then let the signal act.
+
+        `Registry.close_on_signal` on `registry`: balancers and watchers keep working until the process
+        ends, since requests still in flight during the drain may need them. Main thread only.
+        """
+        self.registry.close_on_signal(signum, drain=drain)
 
     # -- lifecycle ------------------------------------------------------------------------------
 

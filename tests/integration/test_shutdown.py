@@ -25,6 +25,7 @@ DRAIN = 1.5
 # the handler must neither deadlock nor stop that loop from running on during the drain.
 CHILD = """
 import signal, sys, time
+import zklb
 from zklb import Registry
 
 hosts, service, mode, drain = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
@@ -33,9 +34,15 @@ if mode == "chain":
         print("previous handler ran", flush=True)
         sys.exit(7)
     signal.signal(signal.SIGTERM, previous)
-registry = Registry(hosts)
-registry.register(service, "http://127.0.0.1:8080", id="one")
-registry.close_on_signal(signal.SIGTERM, drain=drain)
+if mode == "discovery":
+    discovery = zklb.connect(hosts)
+    discovery.register(service, "http://127.0.0.1:8080", id="one")
+    discovery.close_on_signal(signal.SIGTERM, drain=drain)
+    registry = discovery.registry
+else:
+    registry = Registry(hosts)
+    registry.register(service, "http://127.0.0.1:8080", id="one")
+    registry.close_on_signal(signal.SIGTERM, drain=drain)
 print("ready", flush=True)
 deadline = time.monotonic() + 60
 while time.monotonic() < deadline:
@@ -86,10 +93,11 @@ def sigterm_and_follow(child: subprocess.Popen[str], zk: KazooClient, watcher: S
     return time.monotonic() - sent
 
 
+@pytest.mark.parametrize("holder", ["registry", "discovery"])
 def test_sigterm_drains_deletes_then_dies_of_sigterm(
-    zk_hosts: str, service: str, zk: KazooClient, spawn: list[subprocess.Popen[str]]
+    zk_hosts: str, service: str, zk: KazooClient, spawn: list[subprocess.Popen[str]], holder: str
 ) -> None:
-    start_child(zk_hosts, service, "default", spawn)
+    start_child(zk_hosts, service, "default" if holder == "registry" else holder, spawn)
     with ServiceWatcher(zk, service) as watcher:
         lived = sigterm_and_follow(spawn[0], zk, watcher)
     assert lived >= DRAIN - 0.05  # it waited out the drain before deleting
