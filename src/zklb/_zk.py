@@ -277,6 +277,8 @@ class ClientHandle:
         self._session_timeout = session_timeout
         self._lock = threading.Lock()  # never held while connecting
         self._connecting: _Connect | None = None
+        # kazoo's "connected" event of a client get_nowait() started, until get() has seen it set.
+        self._first_connect: Any = None
         self._closed = False
         # A borrowed client, inherited across a fork: unusable here.
         self._forked = self._client is not None and self._client in _inherited
@@ -301,6 +303,14 @@ class ClientHandle:
         if self._parent is not None:
             self._check_open()
             return self._parent.get(timeout)
+        with self._lock:
+            self._check_open()
+            client = self._client
+            first_connect = self._first_connect
+            if client is not None and first_connect is None:
+                return client
+        if client is not None:
+            return self._await_first_connect(client, first_connect, timeout)
         with self._lock:
             self._check_open()
             if self._client is not None:
@@ -359,17 +369,24 @@ class ClientHandle:
             if self._connecting is not None:
                 return self._connecting.client
             client = self._client = self._new_client()
-        client.start_async()
-        with self._lock:
-            stale = self._closed or self._client is not client
-        if stale:  # closed (or forked) while starting: nobody else will stop this one
-            _stop_quietly(client)
-            self._check_open()
+            # Starts kazoo's threads and returns: the connecting happens on them (a close() after
+            # this point finds the client in _client and stops it).
+            self._first_connect = client.start_async()
         return client
 
     def check(self) -> None:
         """Raise `ClosedError` if closed, `ForkError` if the client is a borrowed one left by a fork."""
         self._check_open()
+
+    def _await_first_connect(self, client: KazooClient, live: Any, timeout: float) -> KazooClient:
+        """A client `get_nowait` made: ``get()`` still promises a connected one, the first time."""
+        if not live.wait(timeout):
+            raise RegistryError(f"could not connect to ZooKeeper at {self._hosts} within {timeout:g} s")
+        with self._lock:
+            if self._client is client:
+                self._first_connect = None
+        self._check_open()
+        return client
 
     def _check_open(self) -> None:
         if self._parent is not None:
@@ -405,6 +422,7 @@ class ClientHandle:
             client = self._client if self.owned else None
             if client is not None:
                 self._client = None
+                self._first_connect = None
         if client is not None:
             _stop_quietly(client)
 
@@ -424,6 +442,7 @@ class ClientHandle:
         """Forget the parent's client and connect attempt: neither is ours to use or to stop."""
         self._lock = threading.Lock()
         self._connecting = None
+        self._first_connect = None
         if self._parent is None and self._client is not None:
             if self.owned:
                 self._client = None

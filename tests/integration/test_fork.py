@@ -257,7 +257,8 @@ def test_discovery_reconnects_in_the_child_and_what_it_made_follows(
 def test_a_fork_while_zookeeper_is_unreachable_does_not_hang_the_child(service: str) -> None:
     with ZooKeeperEnsemble(size=1) as standalone, Registry(standalone.hosts) as registry:
         registry.register(service, "http://10.1.4.1:80", id="known")
-        lb = LoadBalancer(standalone.hosts, service, start_timeout=2.0).start()
+        discovery = zklb.connect(standalone.hosts, start_timeout=1.0).start()
+        lb = discovery.balancer(service).start()
         assert lb.wait_for(lambda m: "known" in m.by_id, 10)
         standalone.stop_all()
         wait_until(lambda: lb.pool_stats().connection != "connected", 20, "the parent losing ZooKeeper")
@@ -266,14 +267,12 @@ def test_a_fork_while_zookeeper_is_unreachable_does_not_hang_the_child(service: 
             began = time.monotonic()
             first = lb.get_server().id
             stats = lb.pool_stats()
-            discovery = zklb.connect(standalone.hosts, start_timeout=1.0)
             try:
-                discovery.start()
+                discovery.start()  # the inherited Discovery: a new session, which cannot come up
                 started = "started"
             except zklb.RegistryError:
                 started = "RegistryError"
             discovery.close()
-            lb.close()
             return {
                 "first": first,
                 "connection": stats.connection,
@@ -287,4 +286,4 @@ def test_a_fork_while_zookeeper_is_unreachable_does_not_hang_the_child(service: 
         assert report["connection"] != "connected"
         assert report["started"] == "RegistryError"
         assert report["took"] < 10
-        lb.close()
+        discovery.close()
