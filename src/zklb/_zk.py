@@ -9,6 +9,7 @@ import inspect
 import logging
 import math
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -214,6 +215,9 @@ def check_service(service: str) -> str:
     return service
 
 
+#: How often a connect in progress looks whether its handle was closed meanwhile (seconds).
+_CLOSE_CHECK = 0.1
+
 #: Clients zklb was given (borrowed), and those of them a fork's child inherited: the latter are the
 #: parent's, whichever zklb object is handed one in the child.
 _borrowed: weakref.WeakSet[KazooClient] = weakref.WeakSet()
@@ -327,7 +331,7 @@ class ClientHandle:
             # Not kazoo's start(timeout): on a timeout it stops the client itself, and stop() waits for
             # the connection thread, which against a member that accepts and never answers sits out a
             # whole connect timeout (10 s) after the caller's own timeout is over.
-            if not client.start_async().wait(timeout) or not client.connected:
+            if not self._wait_live(client.start_async(), timeout) or not client.connected:
                 raise KazooTimeoutError("Connection time-out")
         except Exception as exc:
             threading.Thread(target=_stop_quietly, args=(client,), name="zklb-stop", daemon=True).start()
@@ -399,6 +403,14 @@ class ClientHandle:
                 "parent's ZooKeeper session cannot be used in the child: make it after the fork, or "
                 "pass a hosts string so that zklb reconnects by itself"
             )
+
+    def _wait_live(self, live: Any, timeout: float) -> bool:
+        """Wait for kazoo's connected event, in slices: a close() meanwhile ends the wait within one."""
+        deadline = time.monotonic() + timeout
+        while not live.wait(min(_CLOSE_CHECK, max(deadline - time.monotonic(), 0.0))):
+            if self._closed or time.monotonic() >= deadline:
+                return False
+        return True
 
     def _join(self, attempt: _Connect, timeout: float) -> KazooClient:
         if not attempt.done.wait(timeout):

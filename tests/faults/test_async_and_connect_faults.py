@@ -139,6 +139,7 @@ def test_async_with_connect_with_zookeeper_down_raises_and_keeps_the_loop_runnin
 
 
 def test_close_during_a_start_wakes_the_starter_at_once() -> None:
+    before = set(threading.enumerate())
     discovery = zklb.connect(refused_address(), start_timeout=20.0)
     outcome: list[BaseException] = []
 
@@ -160,6 +161,8 @@ def test_close_during_a_start_wakes_the_starter_at_once() -> None:
     assert len(outcome) == 1 and isinstance(outcome[0], ClosedError), outcome
     with pytest.raises(ClosedError):
         discovery.start()
+    # The connect attempt itself gives up too, not only at its 20 s timeout: no thread is left behind.
+    wait_until(lambda: not set(threading.enumerate()) - before, 3, "the connect attempt ending")
 
 
 def test_a_cancelled_aregister_leaves_no_registration(zk: KazooClient, zk_hosts: str, service: str) -> None:

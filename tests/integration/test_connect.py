@@ -17,8 +17,10 @@ def _new_threads(before: set[threading.Thread]) -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.is_alive() and t not in before}
 
 
-def _starts_done() -> bool:
-    return not any(t.name.startswith(("zklb-start", "zklb-connect")) for t in threading.enumerate())
+def _starts_done(before: set[threading.Thread]) -> bool:
+    """No start of this test's is still running (its short-lived threads are gone)."""
+    starting = ("zklb-start", "zklb-connect")
+    return not any(t.name.startswith(starting) for t in _new_threads(before))
 
 
 def test_balancer_watcher_and_registry_share_one_session(zk_hosts: str, service: str) -> None:
@@ -40,10 +42,10 @@ def test_twenty_services_one_session_and_threads_that_do_not_grow(zk_hosts: str,
     before = set(threading.enumerate())
     with zklb.connect(zk_hosts) as zk:
         one = zk.balancer(f"{service}-0").start()
-        wait_until(_starts_done, 10)
+        wait_until(lambda: _starts_done(before), 10)
         with_one = _new_threads(before)
         balancers = [one] + [zk.balancer(f"{service}-{i}").start() for i in range(1, 20)]
-        wait_until(_starts_done, 10)
+        wait_until(lambda: _starts_done(before), 10)
         with_twenty = _new_threads(before)
         clients = [lb._watcher._client for lb in balancers if lb._watcher is not None]
         sessions = {client.client_id[0] for client in clients if client is not None}
