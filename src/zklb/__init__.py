@@ -14,12 +14,14 @@ See README.md and docs/ for the rest.
 """
 
 from zklb.balancer import Lease, LoadBalancer
+from zklb.codecs import Codec, CuratorCodec, DubboCodec, ServerSetCodec
 from zklb.connection import Discovery, connect
 from zklb.discovery import ServiceWatcher
 from zklb.errors import (
     ClosedError,
     ConfigurationError,
     ForkError,
+    InstanceSkipped,
     InvalidInstance,
     NoServerAvailable,
     RegistryError,
@@ -51,12 +53,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClosedError",
+    "Codec",
     "ConfigurationError",
     "ConsistentHash",
+    "CuratorCodec",
     "Discovery",
+    "DubboCodec",
     "ExponentialBackoff",
     "ForkError",
     "HealthPolicy",
+    "InstanceSkipped",
     "InstanceStats",
     "InvalidInstance",
     "Lease",
@@ -74,6 +80,7 @@ __all__ = [
     "RetryBudget",
     "RetryPolicy",
     "RoundRobin",
+    "ServerSetCodec",
     "ServiceInstance",
     "ServiceWatcher",
     "SlowStart",

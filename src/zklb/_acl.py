@@ -99,9 +99,16 @@ def check_parent(parent: str, parent_acl: Sequence[ACL], own: Sequence[ACL]) -> 
 
 
 def create_ephemeral(
-    client: KazooClient, path: str, data: bytes, acl: Sequence[ACL] | None, timeout: float
-) -> None:
-    """Create the ephemeral znode ``path`` with ``acl``, and the parents it lacks with the same ACL.
+    client: KazooClient,
+    path: str,
+    data: bytes,
+    acl: Sequence[ACL] | None,
+    timeout: float,
+    *,
+    sequence: bool = False,
+) -> str:
+    """Create the ephemeral znode ``path`` with ``acl``, and the parents it lacks with the same ACL;
+    returns the path created (with ``sequence``, ``path`` is a prefix ZooKeeper appends a number to).
 
     First, what no retry can mend is refused (`Refused`, with what to do): a chroot that does not
     exist (zklb creates nothing above the root it was given: a mistyped chroot must not quietly start
@@ -123,12 +130,15 @@ def create_ephemeral(
         else:
             check_parent(parent, parent_acl, acl)
     try:
-        client.create_async(path, data, acl=acl, ephemeral=True, makepath=True).get(timeout=timeout)
+        created: str = client.create_async(
+            path, data, acl=acl, ephemeral=True, sequence=sequence, makepath=True
+        ).get(timeout=timeout)
     except (NoAuthError, InvalidACLError) as exc:
         raise Refused(
             f"ZooKeeper refused to create {path} ({type(exc).__name__}): this client's identity may not "
             f"create children of {parent} (or, with an 'auth' ACL, has no identity to give it)"
         ) from exc
+    return created
 
 
 def _grants_world(acls: Sequence[ACL], perms: int) -> bool:

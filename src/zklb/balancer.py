@@ -28,7 +28,7 @@ from zklb._aio import run_off_loop, wait_attempt
 from zklb._pool import DEFAULT_HEALTH, Pool, State
 from zklb._starting import SharedStart
 from zklb._zk import DEFAULT_REQUEST_TIMEOUT, ClientHandle, check_root, check_service, check_timeout
-from zklb.codecs import Codec
+from zklb.codecs import Codec, resolve_codec
 from zklb.discovery import ServiceWatcher
 from zklb.errors import ClosedError, ForkError, NoServerAvailable, RegistryError
 from zklb.health import Connection, HealthPolicy
@@ -59,6 +59,10 @@ class LoadBalancer(Pool):
     ``kazoo_options`` (auth_data, use_ssl, ca, ...) are handed to the kazoo client made from a hosts
     string. ``start()`` (or ``await astart()``) connects and loads the pool; a pick before that starts
     it in the background and waits up to ``start_timeout``. Many services on one session: `zklb.connect`.
+
+    ``codec`` is the registry format: ``"curator"`` (default), ``"serverset"``, ``"dubbo"`` (with
+    ``root="/dubbo"``, service ``"com.foo.DemoService"`` reads ``/dubbo/com.foo.DemoService/providers``)
+    or a codec object (`zklb.codecs`).
 
     ``health`` is the passive health policy (`HealthPolicy`; None turns ejection off).
     ``request_timeout`` bounds each ZooKeeper request, ``resync_delay`` the random delay of a re-sync
@@ -95,7 +99,7 @@ class LoadBalancer(Pool):
         *,
         strategy: str | Strategy = "round_robin",
         root: str | None = None,
-        codec: Codec | None = None,
+        codec: str | Codec | None = "curator",
         session_timeout: float = 10.0,
         kazoo_options: Mapping[str, Any] | None = None,
         health: HealthPolicy | None = DEFAULT_HEALTH,
@@ -119,7 +123,7 @@ class LoadBalancer(Pool):
             filter=filter,
             prefer=prefer,
         )
-        self._codec = codec
+        self._codec = resolve_codec(codec)
         self._start_timeout = check_timeout("start_timeout", start_timeout)
         self._request_timeout = check_timeout("request_timeout", request_timeout)
         self._resync_delay = check_timeout("resync_delay", resync_delay, zero=True)

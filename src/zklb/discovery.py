@@ -47,11 +47,9 @@ from zklb._zk import (
     check_timeout,
     connection_state,
     drop_watches,
-    join_path,
 )
-from zklb.codecs import Codec
-from zklb.codecs.curator import CuratorCodec
-from zklb.errors import ClosedError, InvalidInstance, RegistryError, ZklbError
+from zklb.codecs import Codec, resolve_codec, service_path
+from zklb.errors import ClosedError, InstanceSkipped, InvalidInstance, RegistryError, ZklbError
 from zklb.health import Connection
 from zklb.instance import ServiceInstance
 from zklb.membership import Membership
@@ -113,6 +111,10 @@ class _Watches:
 class ServiceWatcher:
     """Watches ``/<root>/<service>`` and publishes its live instances as `Membership` snapshots.
 
+    ``codec`` reads the znodes: ``"curator"`` (default), ``"serverset"``, ``"dubbo"`` (which reads
+    ``/<root>/<service>/providers``) or a codec object; an unknown name raises `ConfigurationError`.
+    A znode it rejects is left out and its reason logged once (again only if the reason changes).
+
     ``client`` is a hosts string (the watcher makes, starts and stops its own kazoo client, with
     ``kazoo_options`` such as auth_data or use_ssl; None: the ``ZKLB_HOSTS`` environment variable) or a
     started `KazooClient` (never stopped here); ``root`` None means ``ZKLB_ROOT`` (else ``/services``).
@@ -128,7 +130,7 @@ class ServiceWatcher:
         service: str = "",
         *,
         root: str | None = None,
-        codec: Codec | None = None,
+        codec: str | Codec | None = "curator",
         session_timeout: float = 10.0,
         kazoo_options: Mapping[str, Any] | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
@@ -138,8 +140,8 @@ class ServiceWatcher:
     ) -> None:
         self.service = check_service(service)
         self.root = check_root(root)
-        self.path = join_path(self.root, self.service)
-        self.codec: Codec = codec or CuratorCodec()
+        self.codec: Codec = resolve_codec(codec)
+        self.path = service_path(self.codec, self.root, self.service)
         self._request_timeout = check_timeout("request_timeout", request_timeout)
         self._resync_delay = check_timeout("resync_delay", resync_delay, zero=True)
         self._empty_grace = check_timeout("empty_grace", empty_grace, zero=True)
@@ -166,7 +168,9 @@ class ServiceWatcher:
         self._loaded = threading.Event()
         self._published = threading.Condition()
         self._reads = 0
-        self._malformed: dict[str, int] = {}  # child name -> the version (mzxid) already reported
+        # Child name -> why it is left out, already logged: once per znode and reason, so a re-read
+        # after a reconnect, a restart or a change that keeps it rejected says nothing new.
+        self._malformed: dict[str, str] = {}
         self._forked = False  # made before a fork on a borrowed client: unusable in this process
         _fork.track(self)
 
@@ -462,6 +466,8 @@ class ServiceWatcher:
         if list_children:
             current = set(self._list_children(client, watches) or ())
             removed = known.keys() - current
+            for name in removed:
+                self._malformed.pop(name, None)
             if removed:
                 known = {name: child for name, child in known.items() if name in current}
                 changed = True
@@ -594,17 +600,28 @@ class ServiceWatcher:
     def _decode(self, name: str, data: bytes, mzxid: int) -> ServiceInstance | None:
         try:
             instance = self.codec.decode(self.service, name, data)
-        except Exception as exc:  # InvalidInstance, or a codec bug: either must not stop the watcher
-            # Once per version of the znode: a re-read after a reconnect or a restart says nothing new.
-            if self._malformed.get(name) != mzxid:
-                if len(self._malformed) >= MAX_MALFORMED_REMEMBERED:
-                    self._malformed.clear()
-                self._malformed[name] = mzxid
-                reason = str(exc) if isinstance(exc, InvalidInstance) else f"codec failed: {exc!r}"
-                log.warning("skipping malformed instance %s/%s: %s", self.path, name, reason)
-            return None
-        self._malformed.pop(name, None)
-        return instance
+        except InstanceSkipped as exc:
+            self._reject(name, logging.INFO, f"not serving {self.path}/{name}: {exc}")
+        except InvalidInstance as exc:
+            self._reject(name, logging.WARNING, f"skipping malformed instance {self.path}/{name}: {exc}")
+        except Exception as exc:  # a codec bug must not stop the watcher either
+            reason = f"skipping instance {self.path}/{name}: codec failed: {exc!r}"
+            self._reject(name, logging.WARNING, reason)
+        else:
+            if instance is None:
+                self._reject(name, logging.INFO, f"not serving {self.path}/{name}: disabled")
+            else:
+                self._malformed.pop(name, None)
+            return instance
+        return None
+
+    def _reject(self, name: str, level: int, message: str) -> None:
+        """Log why ``name`` is left out, once per znode and reason (a watch firing again says nothing new)."""
+        if self._malformed.get(name) != message:
+            if len(self._malformed) >= MAX_MALFORMED_REMEMBERED:
+                self._malformed.clear()
+            self._malformed[name] = message
+            log.log(level, "%s", message)
 
     def _publish(self, instances: tuple[ServiceInstance, ...]) -> None:
         try:

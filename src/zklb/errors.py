@@ -4,6 +4,7 @@ Every error zklb raises on purpose derives from one root::
 
     ZklbError
     ├── InvalidInstance        a URL, host, port, weight or znode payload that is not a valid instance
+    │   └── InstanceSkipped    a well-formed znode whose instance asks not to be served (disabled, not UP)
     ├── UnknownStrategy        a strategy name that is not registered (the message lists the valid ones)
     ├── NoServerAvailable      the pool is empty, or every candidate was excluded
     │   ├── zklb.httpx.NoServerAvailableError      also an httpx.ConnectError (raised by the transports)
@@ -23,6 +24,7 @@ __all__ = [
     "ClosedError",
     "ConfigurationError",
     "ForkError",
+    "InstanceSkipped",
     "InvalidInstance",
     "NoServerAvailable",
     "RegistryError",
@@ -37,6 +39,13 @@ class ZklbError(Exception):
 
 class InvalidInstance(ZklbError, ValueError):
     """A service instance could not be built: bad URL, host, port, scheme, weight or znode payload."""
+
+
+class InstanceSkipped(InvalidInstance):
+    """A well-formed znode whose instance asks not to be served: disabled, not ``UP``, not ``ALIVE``.
+
+    Raised by codecs; the watcher leaves the instance out of the pool and logs the reason once.
+    """
 
 
 class UnknownStrategy(ZklbError, LookupError):

@@ -22,6 +22,8 @@ SCHEMES = frozenset({"http", "https"})
 #: Port used when a URL names none.
 DEFAULT_PORTS: Mapping[str, int] = MappingProxyType({"http": 80, "https": 443})
 #: ``instance_status`` metadata values that take an instance out of rotation (Spring Cloud Zookeeper's).
+#: The Curator codec serves only ``UP`` and ``OUT_OF_SERVICE`` (draining) instances and leaves the rest
+#: (``DOWN``, ``STARTING``, ...) out of the pool; an instance built by hand with ``DOWN`` drains.
 DRAINING_STATUSES = frozenset({"OUT_OF_SERVICE", "DOWN"})
 #: Largest weight accepted; bounds the work weighted strategies do per membership change.
 MAX_WEIGHT = 1_000_000
@@ -115,6 +117,10 @@ class ServiceInstance:
 
     Built and checked once; never changes. ``str(instance)`` is its base URL, e.g. ``http://10.0.0.2:8080``.
     Equality and hashing include every field but ``metadata`` and ``registered_at`` are left out of the hash.
+
+    ``ssl_port`` is the port that speaks TLS, when the instance has one: for an ``https`` instance it is
+    ``port`` itself (set automatically); an ``http`` instance with an ``ssl_port`` offers both (Curator's
+    ``port`` and ``sslPort``), so it serves ``http://`` callers on ``port`` and ``https://`` ones there.
     """
 
     id: str
@@ -124,6 +130,7 @@ class ServiceInstance:
     weight: int = 1
     metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
     registered_at: datetime | None = field(default=None, compare=False, hash=False)
+    ssl_port: int | None = None
 
     def __post_init__(self) -> None:
         # Validate (and normalise) here so that no invalid instance can exist, however it was built.
@@ -135,6 +142,14 @@ class ServiceInstance:
             raise InvalidInstance(f"scheme must be one of {sorted(SCHEMES)}, got {self.scheme!r}")
         set_field(self, "weight", check_weight(self.weight))
         set_field(self, "metadata", _frozen_metadata(self.metadata))
+        if self.scheme == "https":
+            if self.ssl_port is not None and self.ssl_port != self.port:
+                raise InvalidInstance(
+                    f"an https instance's ssl_port is its port ({self.port}), got {self.ssl_port!r}"
+                )
+            set_field(self, "ssl_port", self.port)
+        elif self.ssl_port is not None:
+            set_field(self, "ssl_port", check_port(self.ssl_port))
 
     @classmethod
     def parse(
@@ -145,11 +160,13 @@ class ServiceInstance:
         metadata: Mapping[str, str] | None = None,
         id: str | None = None,
         registered_at: datetime | None = None,
+        ssl_port: int | None = None,
     ) -> ServiceInstance:
         """Build an instance from ``"scheme://host:port"`` (``"host:port"`` means http).
 
         The port defaults to 80/443. A path, query, fragment or user info is rejected rather than silently
-        dropped. ``id`` defaults to a new UUID.
+        dropped. ``id`` defaults to a new UUID. ``ssl_port``: the TLS port of an http instance that
+        also speaks https there.
         """
         if not isinstance(url, str) or not url.strip():
             raise InvalidInstance(f"server URL must be a non-empty string, got {url!r}")
@@ -180,6 +197,7 @@ class ServiceInstance:
             weight=weight,
             metadata=metadata or {},
             registered_at=registered_at,
+            ssl_port=ssl_port,
         )
 
     @property
@@ -187,6 +205,30 @@ class ServiceInstance:
         """Base URL of the instance, ``scheme://host:port`` (IPv6 hosts in brackets)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def tls(self) -> bool:
+        """True when the instance has a port that speaks TLS (``ssl_port``)."""
+        return self.ssl_port is not None
+
+    @property
+    def tls_url(self) -> str | None:
+        """``https://host:ssl_port``, or None for an instance without TLS."""
+        if self.ssl_port is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.ssl_port}"
+
+    def endpoint(self, tls: bool = False) -> tuple[str, int]:
+        """``(scheme, port)`` to reach the instance; with ``tls``, its TLS port (`InvalidInstance` if none).
+
+        Without ``tls`` it is ``(scheme, port)``: an https-only instance is reached over TLS either way.
+        """
+        if not tls:
+            return (self.scheme, self.port)
+        if self.ssl_port is None:
+            raise InvalidInstance(f"instance {self.id} ({self.url}) has no TLS port")
+        return ("https", self.ssl_port)
 
     @property
     def address(self) -> tuple[str, int]:

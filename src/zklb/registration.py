@@ -16,7 +16,7 @@ from typing import Protocol, Self
 
 from zklb._aio import run_off_loop
 from zklb._zk import join_path
-from zklb.codecs import Codec
+from zklb.codecs import Codec, is_sequential, service_path, znode_name
 from zklb.errors import ClosedError, ForkError
 from zklb.instance import ServiceInstance, check_weight
 
@@ -50,14 +50,31 @@ class Registration:
     """One registered instance: its ephemeral znode, kept present (and up to date) until ``close()``.
 
     Made by `Registry.register`; use it as a context manager or call ``close()``.
+
+    With a sequential codec (ServerSet) ZooKeeper names the znode: ``path`` and ``instance.id`` are
+    those of the znode it holds now, and change when it is re-created (after a session expiry).
     """
 
     def __init__(self, registry: _Owner, service: str, instance: ServiceInstance) -> None:
         self._registry = registry
         self.service = service
-        self.path = join_path(registry.root, service, instance.id)
+        codec = registry.codec
+        base = service_path(codec, registry.root, service)
+        name = znode_name(codec, service, instance)
+        self.sequential = is_sequential(codec)
+        self._data = codec.encode(service, instance)
+        if self.sequential:
+            self.prefix = join_path(base, name)
+            # The registry's handle on it: never a znode (a sequential name ends in digits, not "}").
+            self.key = f"{self.prefix}{{{instance.id}}}"
+            self._path: str | None = None
+        else:
+            self.prefix = self.key = self._path = join_path(base, name)
+            if name != instance.id:
+                instance = dataclasses.replace(instance, id=self._seen_id(name, instance))
         self._instance = instance
-        self._data = registry.codec.encode(service, instance)
+        # The session in which a create of this (sequential) registration may have landed unseen.
+        self._uncertain: int | None = None
         self._state = _State.OPEN
         # (session id, data) last confirmed in ZooKeeper by a reconcile pass; None: not confirmed.
         self._applied: tuple[int, bytes] | None = None
@@ -66,6 +83,32 @@ class Registration:
         self._closing = threading.Event()
         self._lock = threading.Lock()
         self._parents = False  # made before a fork, in this process's parent: its znode is not ours
+
+    @property
+    def path(self) -> str:
+        """The znode that holds the registration (for a sequential one not created yet, its handle)."""
+        return self._path if self._path is not None else self.key
+
+    def _seen_id(self, name: str, instance: ServiceInstance) -> str:
+        """The id readers give znode ``name`` (the codec decides), so that balancers find it by id."""
+        try:
+            seen = self._registry.codec.decode(self.service, name, self._data)
+        except Exception:  # a codec that cannot read its own output: keep the id given
+            return instance.id
+        return instance.id if seen is None else seen.id
+
+    def _created(self, path: str) -> None:
+        """A sequential create made ``path``: the registration's znode (and id) from now on."""
+        with self._lock:
+            self._path = path
+            self._uncertain = None
+            name = path.rsplit("/", 1)[-1]
+            self._instance = dataclasses.replace(self._instance, id=self._seen_id(name, self._instance))
+
+    def _forget_znode(self) -> None:
+        """Its sequential znode is gone (a session expiry, a delete): the next pass creates a new one."""
+        with self._lock:
+            self._path = None
 
     @property
     def instance(self) -> ServiceInstance:

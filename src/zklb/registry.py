@@ -57,8 +57,7 @@ from zklb._zk import (
     is_stopped,
     session_id,
 )
-from zklb.codecs import Codec
-from zklb.codecs.curator import CuratorCodec
+from zklb.codecs import Codec, resolve_codec
 from zklb.errors import ClosedError, RegistryError
 from zklb.instance import ServiceInstance
 from zklb.registration import DRAINING_STATUS, Registration
@@ -86,8 +85,8 @@ class Registry:
     ``client`` is a hosts string (``"127.0.0.1:2181"``; the registry makes, starts and stops its own kazoo
     client, with ``kazoo_options`` such as auth_data or use_ssl; None: the ``ZKLB_HOSTS`` environment
     variable) or a started `KazooClient` (never stopped here). Instances are stored with ``codec``
-    (Curator x-discovery JSON by default) under ``root`` (None: ``ZKLB_ROOT``, else ``/services``).
-    ``request_timeout`` bounds each call that
+    (``"curator"``, x-discovery JSON, by default; ``"serverset"``, ``"dubbo"`` or a codec object) under
+    ``root`` (None: ``ZKLB_ROOT``, else ``/services``). ``request_timeout`` bounds each call that
     waits for ZooKeeper (``register()``, ``update()``, ``close()``); ``rng`` makes retry jitter repeatable.
 
     ``auth=("digest", "user:password")`` authenticates the registry's client and creates registrations,
@@ -102,7 +101,7 @@ class Registry:
         client: str | KazooClient | None = None,
         *,
         root: str | None = None,
-        codec: Codec | None = None,
+        codec: str | Codec | None = "curator",
         session_timeout: float = 10.0,
         kazoo_options: Mapping[str, Any] | None = None,
         auth: tuple[str, str] | None = None,
@@ -111,7 +110,7 @@ class Registry:
         rng: random.Random | None = None,
     ) -> None:
         self.root = check_root(root)
-        self.codec: Codec = codec or CuratorCodec()
+        self.codec: Codec = resolve_codec(codec)
         self._request_timeout = check_timeout("request_timeout", request_timeout)
         self._rng = rng if rng is not None else random.Random()
         self._acl = registry_acl(auth, acl, client if isinstance(client, KazooClient) else None)
@@ -124,6 +123,9 @@ class Registry:
         self._desired: dict[str, Registration] = {}
         # Path -> the session that may own a znode there (None: whichever session comes next).
         self._tombstones: dict[str, int | None] = {}
+        # Sequential registrations given up while a create of theirs may have landed unseen: (znode
+        # name prefix, data, session); a pass deletes that session's znodes with that data nobody holds.
+        self._orphans: list[tuple[str, bytes, int]] = []
         self._conflicts: dict[str, int] = {}  # path -> foreign owner already logged
         self._client: KazooClient | None = None
         self._worker: ClientWorker | None = None
@@ -148,11 +150,14 @@ class Registry:
         weight: int = 1,
         metadata: Mapping[str, str] | None = None,
         id: str | None = None,
+        ssl_port: int | None = None,
         timeout: float | None = None,
     ) -> Registration:
         """Register ``server`` (a URL such as ``"http://10.0.0.2:8080"`` or a `ServiceInstance`).
 
-        Returns once the ephemeral znode is in ZooKeeper. A bad URL or weight raises `InvalidInstance`
+        ``ssl_port``: the port where an ``http://`` server also speaks TLS, so that ``https://`` callers
+        are served too (Curator's ``sslPort``; a ServerSet ``https`` endpoint). Returns once the
+        ephemeral znode is in ZooKeeper. A bad URL or weight raises `InvalidInstance`
         and writes nothing; if ZooKeeper does not confirm within ``timeout`` seconds (default: the
         request timeout), `RegistryError`, and no znode for it appears later.
         """
@@ -161,7 +166,9 @@ class Registry:
         if isinstance(server, ServiceInstance):
             instance = server
         else:
-            instance = ServiceInstance.parse(server, weight=weight, metadata=metadata, id=id)
+            instance = ServiceInstance.parse(
+                server, weight=weight, metadata=metadata, id=id, ssl_port=ssl_port
+            )
         if instance.registered_at is None:
             # Fixed once, so that re-writing the same registration writes the same bytes.
             instance = dataclasses.replace(instance, registered_at=datetime.now(UTC))
@@ -171,17 +178,17 @@ class Registry:
         with self._cond:
             if self._closed:
                 raise ClosedError("registry is closed")
-            if registration.path in self._desired:
+            if registration.key in self._desired:
                 raise RegistryError(f"{registration.path} is already registered by this registry")
             worker = self._worker
             # Two registries on one client share its session, so ZooKeeper cannot tell their znodes
             # apart: the client's worker keeps who holds each path.
-            if worker is not None and not worker.claim(registration.path, self):
+            if worker is not None and not worker.claim(registration.key, self):
                 raise RegistryError(
                     f"{registration.path} is already registered by another Registry on this kazoo client"
                 )
-            self._desired[registration.path] = registration
-            self._tombstones.pop(registration.path, None)
+            self._desired[registration.key] = registration
+            self._tombstones.pop(registration.key, None)
         self._schedule(0.0)
 
         def settled() -> bool:
@@ -194,9 +201,9 @@ class Registry:
             return registration
         # Give up, and make sure a create still on its way to the server is undone.
         with self._cond:
-            if self._desired.get(registration.path) is registration:
-                del self._desired[registration.path]
-            self._tombstones[registration.path] = self._session()
+            if self._desired.get(registration.key) is registration:
+                del self._desired[registration.key]
+            self._bury_locked(registration, self._session())
             registration._mark_closed()
             reason = registration._error or "ZooKeeper did not answer"
         self._schedule(0.0)
@@ -236,9 +243,9 @@ class Registry:
                 return
             self._closed = True
             session = self._session()
-            for registration in self._desired.values():
+            for registration in list(self._desired.values()):
                 registration._mark_closed()
-                self._tombstones[registration.path] = session
+                self._bury_locked(registration, session)
             self._desired.clear()
             self._cond.notify_all()
         if self._worker is None:
@@ -250,11 +257,12 @@ class Registry:
             # session has ended (or is ending), and with it every ephemeral znode it held.
             with self._cond:
                 self._tombstones.clear()
+                self._orphans.clear()
             self._retire()
             self._handle.close()
             return
         self._schedule(0.0)
-        if not self._wait(lambda: not self._tombstones, timeout):
+        if not self._wait(lambda: not (self._tombstones or self._orphans), timeout):
             with self._cond:
                 pending = sorted(self._tombstones)
             log.warning("deregistration of %s deferred until ZooKeeper is back", ", ".join(pending))
@@ -335,17 +343,33 @@ class Registry:
 
     def _deregister(self, registration: Registration) -> None:
         with self._cond:
-            if self._desired.get(registration.path) is not registration:
+            if self._desired.get(registration.key) is not registration:
                 return
-            del self._desired[registration.path]
-            self._tombstones[registration.path] = self._session()
+            del self._desired[registration.key]
+            path = self._bury_locked(registration, self._session())
         if self._worker is None:
             return
         self._schedule(0.0)
-        if self._wait(lambda: registration.path not in self._tombstones, self._request_timeout):
+        if self._wait(lambda: path not in self._tombstones and not self._orphans, self._request_timeout):
             log.info("deregistered %s", registration.path)
         else:
             log.warning("delete of %s deferred until ZooKeeper is back", registration.path)
+
+    def _bury_locked(self, registration: Registration, session: int | None) -> str:
+        """Tombstone what ``registration`` may have in ZooKeeper (under ``_cond``); returns its path."""
+        path = registration.path
+        if not registration.sequential:
+            self._tombstones[path] = session
+            return path
+        if registration._path is not None:
+            self._tombstones[path] = session
+        uncertain = registration._uncertain
+        if uncertain is not None and uncertain == session:
+            self._orphans.append((registration.prefix, registration._data, uncertain))
+        worker = self._worker
+        if worker is not None:  # the key names no znode: nothing in ZooKeeper waits on it
+            worker.release(registration.key, self)
+        return path
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -429,6 +453,7 @@ class Registry:
         elif state == KazooState.LOST and self._closed:
             with self._cond:
                 self._tombstones.clear()  # the session is over: its ephemeral znodes went with it
+                self._orphans.clear()
                 self._cond.notify_all()
             worker = self._worker
             if worker is not None:
@@ -440,6 +465,8 @@ class Registry:
             return
         with self._cond:
             registration = self._desired.get(event.path)
+            if registration is None:  # a sequential one is found by the znode it holds now
+                registration = next((r for r in self._desired.values() if r._path == event.path), None)
             if registration is None:
                 return
             registration._applied = None
@@ -466,10 +493,15 @@ class Registry:
                 if path not in self._desired and self._worker is not None:
                     self._worker.release(path, self)
             tombstones = list(self._tombstones)
+            self._orphans = [o for o in self._orphans if o[2] == session]
+            orphans = list(self._orphans)
             pending = [r for r in self._desired.values() if r._applied != (session, r._data)]
         ok = True
         for path in tombstones:
             ok &= self._attempt(path, functools.partial(self._delete_if_ours, client, session, path), None)
+        for orphan in orphans:
+            sweep = functools.partial(self._sweep_orphan, client, session, orphan)
+            ok &= self._attempt(orphan[0], sweep, None)
         for registration in pending:
             data = registration._data
             ensure = functools.partial(self._ensure, client, session, registration, data)
@@ -481,7 +513,7 @@ class Registry:
             ok &= done
         with self._cond:
             self._cond.notify_all()
-            idle = self._closed and not self._tombstones
+            idle = self._closed and not self._tombstones and not self._orphans
             self._failures = 0 if ok else self._failures + 1
             failures = self._failures
         if idle:
@@ -514,6 +546,9 @@ class Registry:
 
     def _ensure(self, client: KazooClient, session: int, registration: Registration, data: bytes) -> None:
         """Make the registration's znode exist, owned by ``session``, holding ``data`` (and watched)."""
+        if registration.sequential:
+            self._ensure_sequential(client, session, registration, data)
+            return
         timeout = self._request_timeout
         path = registration.path
         for _ in range(4):  # read, write (create or set), read back; once more if it raced another writer
@@ -539,9 +574,101 @@ class Registry:
             # Read it back either way: the write fired (used up) the watch the first read set.
         raise RegistryError(f"{path} kept changing while being registered")
 
+    def _ensure_sequential(
+        self, client: KazooClient, session: int, registration: Registration, data: bytes
+    ) -> None:
+        """`_ensure` for a sequential registration, whose znode name ZooKeeper picks at each create.
+
+        The znode it holds is read (which arms the watch) and brought up to date; if it is gone (a
+        session expiry, a delete) a new one is created, under a new name. A create that failed in a
+        way that may still have landed (a timeout, a lost connection) leaves ``_uncertain`` set: before
+        creating again, the pass looks for that znode (ours, with our data, held by no one) and adopts it.
+        """
+        timeout = self._request_timeout
+        for _ in range(4):
+            path = registration._path
+            if path is None:
+                if not self._still_desired(registration):
+                    return
+                found = self._find_uncreated(client, session, registration, data)
+                if found is None:
+                    registration._uncertain = session  # from here until the create answers
+                    found = create_ephemeral(
+                        client, registration.prefix, data, self._acl, timeout, sequence=True
+                    )
+                registration._created(found)
+                with self._cond:
+                    if self._desired.get(registration.key) is not registration:
+                        self._tombstones[found] = session  # given up while it was being created
+                        return
+                continue  # read it back: that arms the watch
+            try:
+                current, stat = client.get_async(path, watch=self._on_znode).get(timeout=timeout)
+            except NoNodeError:
+                registration._forget_znode()
+                continue
+            if stat.ephemeralOwner != session:
+                registration._forget_znode()  # an earlier session's, and that session is over
+                continue
+            if current == data or not self._still_desired(registration):
+                return
+            try:
+                client.set_async(path, data, version=stat.version).get(timeout=timeout)
+            except (BadVersionError, NoNodeError):
+                pass
+        raise RegistryError(f"{registration.prefix} kept changing while being registered")
+
+    def _find_uncreated(
+        self, client: KazooClient, session: int, registration: Registration, data: bytes
+    ) -> str | None:
+        """The znode an uncertain create of ``registration`` made in this session, if it landed."""
+        if registration._uncertain != session:
+            return None
+        with self._cond:
+            held = {r._path for r in self._desired.values()}
+        for path in self._session_znodes(client, session, registration.prefix, data):
+            if path not in held:
+                return path
+        return None
+
+    def _session_znodes(self, client: KazooClient, session: int, prefix: str, data: bytes) -> list[str]:
+        """The znodes named ``prefix<sequence>`` that ``session`` owns and that hold ``data``."""
+        timeout = self._request_timeout
+        parent, _, stem = prefix.rpartition("/")
+        try:
+            names = client.get_children_async(parent or "/").get(timeout=timeout)
+        except NoNodeError:
+            return []
+        paths = [f"{parent}/{name}" for name in sorted(names) if name.startswith(stem)]
+        pending = [(path, client.get_async(path)) for path in paths]
+        found = []
+        for path, result in pending:
+            try:
+                current, stat = result.get(timeout=timeout)
+            except NoNodeError:
+                continue
+            if stat.ephemeralOwner == session and current == data:
+                found.append(path)
+        return found
+
+    def _sweep_orphan(self, client: KazooClient, session: int, orphan: tuple[str, bytes, int]) -> None:
+        """Delete the znodes a given-up sequential registration's lost create may have made."""
+        prefix, data, _ = orphan
+        with self._cond:
+            held = {r._path for r in self._desired.values()}
+        for path in self._session_znodes(client, session, prefix, data):
+            if path not in held:
+                try:
+                    client.delete_async(path).get(timeout=self._request_timeout)
+                except NoNodeError:
+                    pass
+        with self._cond:
+            if orphan in self._orphans:
+                self._orphans.remove(orphan)
+
     def _still_desired(self, registration: Registration) -> bool:
         with self._cond:
-            return self._desired.get(registration.path) is registration
+            return self._desired.get(registration.key) is registration
 
     def _conflict(self, path: str, owner: int, session: int) -> None:
         message = (

@@ -9,6 +9,7 @@ import pytest
 
 from zklb import InvalidInstance, LoadBalancer, ServiceInstance
 from zklb.codecs.curator import MAX_ZNODE_BYTES, CuratorCodec
+from zklb.errors import InstanceSkipped
 
 codec = CuratorCodec()
 
@@ -74,8 +75,9 @@ def test_decode_reads_spring_style_metadata_and_ignores_unknown_fields() -> None
     assert dict(inst.metadata) == {"zone": "b", "instance_status": "UP"}
 
 
-def test_disabled_instances_decode_to_none() -> None:
-    assert codec.decode("api", "n1", curator_doc(enabled=False)) is None
+def test_disabled_instances_are_skipped_with_a_reason() -> None:
+    with pytest.raises(InstanceSkipped, match="enabled"):
+        codec.decode("api", "n1", curator_doc(enabled=False))
 
 
 @pytest.mark.parametrize(
@@ -90,7 +92,7 @@ def test_disabled_instances_decode_to_none() -> None:
         (curator_doc(port="80"), "'port'"),
         (curator_doc(port=0), "'port'"),
         (curator_doc(port=65536), "'port'"),
-        (curator_doc(port=None), "no port"),
+        (curator_doc(port=None), "neither 'port' nor 'sslPort'"),
         (curator_doc(payload={"metadata": {"weight": "0"}}), "weight"),
         (curator_doc(payload={"metadata": {"weight": "-2"}}), "weight"),
         (curator_doc(payload={"metadata": {"weight": "NaN"}}), "weight"),
@@ -109,7 +111,7 @@ def test_malformed_documents_raise_invalid_instance_with_a_reason(data: bytes, r
     assert reason in str(info.value)
 
 
-@pytest.mark.parametrize(("status", "served"), [("UP", True), ("OUT_OF_SERVICE", False), ("down", False)])
+@pytest.mark.parametrize(("status", "served"), [("UP", True), ("OUT_OF_SERVICE", False), ("up", True)])
 def test_spring_instance_status_out_of_service_is_read_as_draining(status: str, served: bool) -> None:
     # Registered, so counted by the balancer, but sent no new requests (see test_health_balancer).
     data = curator_doc(payload={"metadata": {"instance_status": status}})
@@ -117,6 +119,12 @@ def test_spring_instance_status_out_of_service_is_read_as_draining(status: str, 
     assert inst is not None
     assert inst.draining is not served
     assert LoadBalancer.static([inst]).pool_stats().draining == (0 if served else 1)
+
+
+@pytest.mark.parametrize("status", ["DOWN", "down", "STARTING", "UNKNOWN"])
+def test_only_up_and_out_of_service_instances_are_served(status: str) -> None:
+    with pytest.raises(InstanceSkipped, match=f"instance_status is '{status}', not UP"):
+        codec.decode("api", "n1", curator_doc(payload={"metadata": {"instance_status": status}}))
 
 
 def test_uri_spec_names_the_port_curator_resolves_for_the_scheme() -> None:

@@ -6,10 +6,14 @@ import zklb
 
 PUBLIC = {
     "ClosedError",
+    "Codec",
     "ConfigurationError",
     "ConsistentHash",
     "Discovery",
     "ForkError",
+    "CuratorCodec",
+    "DubboCodec",
+    "InstanceSkipped",
     "HealthPolicy",
     "InstanceStats",
     "InvalidInstance",
@@ -29,6 +33,7 @@ PUBLIC = {
     "RetryBudget",
     "RetryPolicy",
     "RoundRobin",
+    "ServerSetCodec",
     "ServiceInstance",
     "ServiceWatcher",
     "SlowStart",
