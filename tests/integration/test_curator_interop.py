@@ -21,6 +21,8 @@ from typing import IO, Any, NoReturn, Protocol
 
 import pytest
 from kazoo.client import KazooClient
+from tests.unit.test_codecs import URI_CASES
+from tests.unit.test_codecs import curator as curator_doc
 
 from zklb import Membership, Registry, ServiceWatcher
 from zklb.codecs.curator import CuratorCodec
@@ -463,3 +465,64 @@ def test_mixed_pool_both_sides_see_both(
 
         peer.stop()
         assert watcher.wait_for(lambda m: _ids(m) == {"py-1"}, WAIT), watcher.membership
+
+
+# -- uriSpec, payload classes and TLS ports, checked against Curator itself ------------------------------
+
+
+def test_zklb_resolves_uri_specs_exactly_as_curator_builds_them(
+    curator: CuratorPeer, zk: KazooClient, zk_hosts: str, service: str
+) -> None:
+    for index, (port, ssl_port, uri, _, _) in enumerate(URI_CASES):
+        doc = json.loads(curator_doc(port, ssl_port, uri))
+        doc["id"] = f"case-{index}"
+        zk.create(f"/services/{service}/case-{index}", json.dumps(doc).encode(), makepath=True)
+    found = _by_id(curator.wait_query(zk_hosts, service, lambda f: len(f) == len(URI_CASES)))
+    with ServiceWatcher(zk_hosts, service) as watcher:
+        assert watcher.wait_for(lambda m: len(m) == len(URI_CASES), WAIT), watcher.membership
+        for index, (_, _, _, built, served) in enumerate(URI_CASES):
+            key = f"case-{index}"
+            assert found[key]["uri"] == built, key  # what Curator 5.4 builds (None: no uriSpec)
+            inst = watcher.membership.by_id[key]
+            assert (inst.scheme, inst.port, inst.ssl_port) == served, key
+
+
+def test_curator_reads_both_ports_of_a_zklb_registration(
+    curator: CuratorPeer, zk_hosts: str, service: str
+) -> None:
+    with Registry(zk_hosts) as registry:
+        registry.register(service, "http://127.0.0.1:8080", ssl_port=8443, id="both")
+        (found,) = curator.wait_query(zk_hosts, service, lambda f: len(f) == 1)
+    assert (found["port"], found["sslPort"], found["uri"]) == (8080, 8443, "https://127.0.0.1:8443")
+
+
+SPRING_CLASS = "org.springframework.cloud.zookeeper.discovery.ZookeeperInstance"
+
+
+def test_who_reads_spring_payloads_written_by_zklb(
+    curator: CuratorPeer, zk: KazooClient, zk_hosts: str, service: str
+) -> None:
+    """``payload_class="spring"`` is for Spring readers: a plain Curator reader, without Spring's class on
+    its class path, fails its whole query (Map and Object alike); zklb reads both kinds."""
+    with Registry(zk_hosts, codec=CuratorCodec(payload_class="spring")) as registry:
+        registry.register(service, "http://127.0.0.1:8080", id="spring-1", weight=2)
+        raw = _znode(zk, f"/services/{service}/spring-1")
+        assert raw["payload"] == {
+            "@class": SPRING_CLASS,
+            "id": "spring-1",
+            "name": service,
+            "metadata": {"weight": "2", "instance_status": "UP"},
+        }
+        for payload_class in ("java.util.Map", "java.lang.Object"):
+            result = curator.run_until_failure("query", zk_hosts, service, payload_class)
+            assert result.returncode != 0, result.stdout
+            assert SPRING_CLASS in result.stderr, result.stderr
+        with ServiceWatcher(zk_hosts, service) as watcher:
+            assert watcher.wait_for(lambda m: "spring-1" in m, WAIT), watcher.membership
+            assert watcher.membership.by_id["spring-1"].weight == 2
+
+    # The default (no @class) is read by the plain Curator reader.
+    with Registry(zk_hosts) as registry:
+        registry.register(f"{service}-plain", "http://127.0.0.1:8081", id="plain-1")
+        (found,) = curator.wait_query(zk_hosts, f"{service}-plain", lambda f: len(f) == 1)
+        assert (found["payloadClass"], found["metadata"]) == ("java.util.LinkedHashMap", {"weight": "1"})
