@@ -16,7 +16,9 @@ How one logical request runs (``Attempts``), the same for httpx (sync and async)
 5. Under a policy's deadline no attempt or wait starts that would end after it, and ``send`` cuts each
    attempt's timeout to `Attempts.time_left`, so the last attempt ends in the client's own timeout.
 
-Nothing here does I/O; the transports pass in a ``send(lease)`` function. The sync and async drivers
+An ``https://`` request (``tls=True``) is only ever given instances with a TLS port: the transports
+send it there (`ServiceInstance.endpoint`), and with none, `NoServerAvailable` says so before anything
+is sent. Nothing here does I/O; the transports pass in a ``send(lease)`` function. The sync and async drivers
 (``run`` and ``arun``) differ only in ``await``; every decision is made by shared methods.
 """
 
@@ -117,6 +119,7 @@ class Attempts(Generic[R]):
         "_replay",
         "_retrying_now",
         "_stale",
+        "_tls",
         "_tried",
     )
 
@@ -129,9 +132,12 @@ class Attempts(Generic[R]):
         method: str,
         replayable: bool,
         key: HashKey | None = None,
+        tls: bool = False,
     ) -> None:
         self._lb = lb
         self._key = key  # consistent_hash's key: each attempt goes to the key's owner, then its next choices
+        # An https:// request: every attempt goes to an instance's TLS port, never to a plain one.
+        self._tls = tls
         self._hooks = hooks
         # A request that may not be retried needs no policy at all: skip every retry step.
         self._policy = policy if policy is not None and replayable and policy.allows(method) else None
@@ -267,7 +273,7 @@ class Attempts(Generic[R]):
 
     def _first_lease(self) -> Lease:
         # NoServerAvailable here reaches the caller as is: there was never a server to try.
-        lease = self._lb.acquire(key=self._key)
+        lease = self._lb.acquire(key=self._key, tls=True) if self._tls else self._lb.acquire(key=self._key)
         self._tried.append(lease.server)
         return lease
 
@@ -281,7 +287,7 @@ class Attempts(Generic[R]):
                 return None
             self._retrying_now = True
         try:
-            lease = self._lb.acquire(exclude=self._tried, key=self._key)
+            lease = self._lb.acquire(exclude=self._tried, key=self._key, tls=self._tls)
         except NoServerAvailable:
             self._end_retry()
             return None
@@ -369,7 +375,7 @@ class Attempts(Generic[R]):
         # then free. A retryable status is no such sign, so there the budget can stop before waiting.
         if not self._free and not self._errored and not self._policy.budget.can_retry():
             return True
-        return not self._lb.has_server(exclude=self._tried)
+        return not self._lb.has_server(exclude=self._tried, tls=self._tls)
 
     def _before_sleep(self, state: RetryCallState) -> None:
         # Only reached when a retry will be made: keep this outcome until the retry has a server.

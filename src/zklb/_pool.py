@@ -21,6 +21,10 @@ Rules of this module:
   cost); otherwise a wrapper that re-picks past skipped ones and brings ejected ones back on time.
 - A release never waits for the lock (it may run from a finaliser inside a locked section of its own
   thread): one that finds it held is queued and applied by the next holder, before any count is read.
+- ``acquire(tls=True)`` (an ``https://`` request) picks only among instances with a TLS port: when
+  every instance has one it is the ordinary path; in a mixed pool a second picker over just those
+  instances is built with each membership (off the hot path), and a load-tracking one is told of every
+  request to its instances, whoever picked them, so both pickers see the same load. No scan per pick.
 - Snapshots older than the one installed are ignored, so a late listener call cannot roll back; once
   closed, nothing installs anything again.
 """
@@ -108,6 +112,10 @@ class Pool:
         "_slots",
         "_state",
         "_strategy",
+        "_tls_all",
+        "_tls_ids",
+        "_tls_mirror",
+        "_tls_picker",
         "_update_lock",
         "_whole",
         "root",
@@ -170,6 +178,13 @@ class Pool:
         # _fast_ok is the same but for the queue.
         self._fast = False
         self._fast_ok = False
+        # Picking for https requests: the picker over the instances with a TLS port (the main picker
+        # when all have one, None when none has), their ids, and the picker that must be told of
+        # every request to them (a load-tracking one of a mixed pool; else None).
+        self._tls_picker: Picker | None = None
+        self._tls_ids: frozenset[str] = frozenset()
+        self._tls_all = False
+        self._tls_mirror: Picker | None = None
         self._pick: Callable[[], ServiceInstance] = self._empty
         self._pick_base: Callable[[], ServiceInstance] = self._empty  # what _pick_ramping thins
         # A keyed picker's pick_key while nothing is skipped (get_server(key=)'s fast path), else None.
@@ -192,13 +207,23 @@ class Pool:
             return keyed(key) or self._pick_by_key(key, ())  # (never None: nothing is skipped)
         return self._pick_by_key(key, ())
 
-    def acquire(self, exclude: Collection[str | ServiceInstance] = (), key: HashKey | None = None) -> Lease:
+    def acquire(
+        self,
+        exclude: Collection[str | ServiceInstance] = (),
+        key: HashKey | None = None,
+        *,
+        tls: bool = False,
+    ) -> Lease:
         """Pick a server and count a request on it until the returned `Lease` is released.
 
         Use as ``with lb.acquire() as server:``. ``exclude`` (instances or ids) skips servers already
         tried, as retries do; `NoServerAvailable` if nothing is left. ``key`` as for `get_server`.
+        ``tls``: only an instance with a TLS port (``server.ssl_port``), for a request that must not
+        travel in plain text; `NoServerAvailable` saying so if none has one.
         No I/O; counts with lock-free counters (a picker that tracks load: one short lock).
         """
+        if tls and not self._tls_all:
+            return self._acquire_tls(exclude, key)
         if exclude or key is not None or not self._fast:  # _fast is False while releases are queued
             return self._acquire_slow(exclude, key)
         if self._lock_free:
@@ -232,22 +257,10 @@ class Pool:
     def _acquire_slow(
         self, exclude: Collection[str | ServiceInstance], hash_key: HashKey | None = None
     ) -> Lease:
-        if self._state is not State.STARTED:
-            self._ensure_started()
-        self._expire_due()
-        ids = {s.id if isinstance(s, ServiceInstance) else s for s in exclude}
-        if self._deferred:
-            self._drain()
+        ids = self._before_slow_pick(exclude)
         notices: list[_Ejection] = []
         with self._lock:
-            # Releases queued meanwhile (the drain met the lock held) are applied before the pick.
-            deferred = self._deferred
-            while deferred:
-                notice = self._apply_locked(deferred.popleft())
-                if notice:
-                    notices.append(notice)
-            if not deferred:
-                self._set_fast(self._fast_ok)
+            self._apply_deferred_locked(notices)
             picker = self._picker
             if picker is None:
                 raise NoServerAvailable(self.service, self.root)
@@ -283,11 +296,75 @@ class Pool:
                     raise NoServerAvailable(self.service, self.root, reason)
                 if picker.tracks_load:
                     picker.acquired(server)
+            mirror = self._tls_mirror
+            if mirror is not None and server.id in self._tls_ids:
+                mirror.acquired(server)
             slot = self._slots[server.id]
             next(slot.started)
         for notice in notices:
             _log_ejection(notice)
         return Lease(self, server, slot, perf_counter())
+
+    def _acquire_tls(self, exclude: Collection[str | ServiceInstance], hash_key: HashKey | None) -> Lease:
+        """`acquire` for a TLS-only request in a pool where not every instance has a TLS port."""
+        ids = self._before_slow_pick(exclude)
+        notices: list[_Ejection] = []
+        with self._lock:
+            self._apply_deferred_locked(notices)
+            picker, tls = self._picker, self._tls_picker
+            if picker is None:
+                raise NoServerAvailable(self.service, self.root)
+            if tls is None:
+                reason = (
+                    f"none of its {len(self._membership)} instances offers TLS, and an https:// request "
+                    "is never sent in plain text"
+                )
+                raise NoServerAvailable(self.service, self.root, reason)
+            skipped = self._skipped
+            avoid = skipped | ids if ids else skipped
+            pick_key = None if hash_key is None else getattr(tls, "pick_key", None)
+            if pick_key is not None:
+                server = pick_key(hash_key, avoid) or (pick_key(hash_key, ids) if skipped else None)
+            else:
+                server = _choose(tls, avoid)
+                ramp = self._ramp
+                if ramp is not None and ramp.ramping and server is not None:
+                    server = _thin(ramp, server, lambda: _choose(tls, avoid))
+                if server is None and skipped:
+                    server = _choose(tls, ids)  # every TLS instance not tried is skipped: better one of them
+            if server is None:
+                reason = f"all {len(self._tls_ids)} instances that offer TLS excluded"
+                raise NoServerAvailable(self.service, self.root, reason)
+            if picker.tracks_load:
+                picker.acquired(server)
+            if tls.tracks_load:
+                tls.acquired(server)
+            slot = self._slots[server.id]
+            next(slot.started)
+        for notice in notices:
+            _log_ejection(notice)
+        return Lease(self, server, slot, perf_counter())
+
+    def _before_slow_pick(self, exclude: Collection[str | ServiceInstance]) -> set[str]:
+        """What a pick off the fast path does first: start, end due ejections, apply queued releases.
+        Returns the ids of ``exclude``."""
+        if self._state is not State.STARTED:
+            self._ensure_started()
+        self._expire_due()
+        ids = {s.id if isinstance(s, ServiceInstance) else s for s in exclude}
+        if self._deferred:
+            self._drain()
+        return ids
+
+    def _apply_deferred_locked(self, notices: list[_Ejection]) -> None:
+        """Apply releases queued meanwhile (a drain met the lock held) before a pick, under the lock."""
+        deferred = self._deferred
+        while deferred:
+            notice = self._apply_locked(deferred.popleft())
+            if notice:
+                notices.append(notice)
+        if not deferred:
+            self._set_fast(self._fast_ok)
 
     def _take_locked(
         self, fused: Callable[[], ServiceInstance], picker: Picker, avoid: Collection[str]
@@ -313,12 +390,13 @@ class Pool:
                 picker.released(server, True, 0.0)
         return None
 
-    def has_server(self, exclude: Collection[str | ServiceInstance] = ()) -> bool:
-        """Whether ``acquire(exclude=exclude)`` would find a server now (no I/O, never starts anything).
+    def has_server(self, exclude: Collection[str | ServiceInstance] = (), *, tls: bool = False) -> bool:
+        """Whether ``acquire(exclude=exclude, tls=tls)`` would find a server now (no I/O, never starts
+        anything).
 
         Ejected and draining instances count: a pick falls back to them rather than to nothing.
         """
-        members = self._membership.by_id
+        members: Collection[str] = self._tls_ids if tls else self._membership.by_id
         if self._picker is None or not members or self._is_closed():
             return False
         ids = {s.id if isinstance(s, ServiceInstance) else s for s in exclude}
@@ -498,6 +576,12 @@ class Pool:
         picker = self._strategy.build(membership) if membership.instances else None
         draining = frozenset(inst.id for inst in membership.instances if inst.draining)
         slots, departed = self._carry_slots(membership)
+        secure = tuple(inst for inst in membership.instances if inst.ssl_port is not None)
+        tls_all = bool(secure) and len(secure) == len(membership)
+        tls_picker = picker if tls_all else None
+        if secure and not tls_all:
+            tls_picker = self._strategy.build(Membership(membership.service, membership.version, secure))
+        tls_ids = frozenset(inst.id for inst in secure)
         tracking = picker is not None and picker.tracks_load
         take = None
         if picker is not None and tracking:
@@ -514,6 +598,11 @@ class Pool:
                 # Exact: a load-tracking picker's counts change only under this lock. O(n), the one
                 # place the lock is held that long (a rebuild of a least-connections pool).
                 picker.seed({key: slot.in_flight() for key, slot in slots.items()})
+            mirror = tls_picker if tls_picker is not picker and tls_picker is not None else None
+            if mirror is not None and mirror.tracks_load:
+                mirror.seed({key: slot.in_flight() for key, slot in slots.items() if key in tls_ids})
+            self._tls_picker, self._tls_ids, self._tls_all = tls_picker, tls_ids, tls_all
+            self._tls_mirror = mirror if mirror is not None and mirror.tracks_load else None
             if self._health is not None:
                 self._health.retain(membership.by_id)
             self._membership = membership
@@ -657,7 +746,9 @@ class Pool:
         return server
 
     def _set_fast(self, ok: bool) -> None:
-        """Whether ``acquire()`` may take its fast path: only with nothing skipped and nothing queued."""
+        """Whether ``acquire()`` may take its fast path: only with nothing skipped and nothing queued,
+        and no second (TLS) picker to keep in step."""
+        ok = ok and self._tls_mirror is None
         self._fast_ok = ok
         self._fast = ok and not self._deferred
 
@@ -691,6 +782,9 @@ class Pool:
                 picker = self._picker
                 if picker is not None:  # (released() of a picker that does not track load is a no-op)
                     picker.released(server, True, latency)
+                mirror = self._tls_mirror
+                if mirror is not None and server.id in self._tls_ids:
+                    mirror.released(server, True, latency)
             finally:
                 lock.release()
             if self._deferred and not self._draining_now:
@@ -739,6 +833,9 @@ class Pool:
             next(slot.finished)
             if picker is not None and picker.tracks_load:
                 picker.released(server, success, latency or 0.0)
+            mirror = self._tls_mirror
+            if mirror is not None and key in self._tls_ids:
+                mirror.released(server, success, latency or 0.0)
         if not record or self._slots.get(key) is not slot:
             return None  # nothing to record, or the instance left the pool while the request ran
         next(slot.requests)

@@ -9,7 +9,10 @@
         client.get("http://api/users/1")   # "api" is lb.service: sent to one of its instances
 
 A request whose host is the service name (or one of ``hosts=``) is sent to an instance: its scheme, host
-and port are replaced, its path, query, headers and body kept. Other hosts go to the inner transport
+and port are replaced, its path, query, headers and body kept. A request written ``https://`` is only
+ever sent over TLS, to an instance's TLS port (``ssl_port``); if no instance has one, the transport
+raises `NoServerAvailableError` saying so and sends nothing. (``http://`` goes to the instance's own
+scheme and port: an https-only instance is reached over TLS.) Other hosts go to the inner transport
 untouched, so an absolute redirect elsewhere goes where it points. The instance counts the request as
 in flight until the response body is closed, not when the headers arrive.
 
@@ -90,32 +93,37 @@ _HOOKS: ClientHooks[httpx.Response] = ClientHooks(
 )
 
 
-def _copy_url(url: httpx.URL, server: ServiceInstance) -> httpx.URL:
-    """``url`` with the scheme, host and port of ``server``: what ``url.copy_with`` gives, ~15x faster."""
-    port = None if DEFAULT_PORTS[server.scheme] == server.port else server.port  # as httpx normalises
+def _copy_url(url: httpx.URL, server: ServiceInstance, tls: bool) -> httpx.URL:
+    """``url`` sent to ``server`` (its TLS port if ``tls``): what ``url.copy_with`` gives, ~15x faster."""
+    scheme, port = server.endpoint(tls)
+    default = DEFAULT_PORTS[scheme] == port  # as httpx normalises
     fast = httpx.URL.__new__(httpx.URL)
-    fast._uri_reference = url._uri_reference._replace(scheme=server.scheme, host=server.host, port=port)
+    fast._uri_reference = url._uri_reference._replace(
+        scheme=scheme, host=server.host, port=None if default else port
+    )
     return fast
 
 
-def _slow_copy_url(url: httpx.URL, server: ServiceInstance) -> httpx.URL:
-    return url.copy_with(scheme=server.scheme, host=server.host, port=server.port)
+def _slow_copy_url(url: httpx.URL, server: ServiceInstance, tls: bool) -> httpx.URL:
+    scheme, port = server.endpoint(tls)
+    return url.copy_with(scheme=scheme, host=server.host, port=port)
 
 
-def _pick_url_copier() -> Callable[[httpx.URL, ServiceInstance], httpx.URL]:
+def _pick_url_copier() -> Callable[[httpx.URL, ServiceInstance, bool], httpx.URL]:
     # httpx re-parses and re-validates the whole URL on every copy_with (~12 us, more than everything
     # else this transport does per request). Nothing needs validating here: the path and query come
     # from a valid URL and the instance's parts were checked when it was built. So the fast copy
     # replaces fields of httpx's parsed record, a private detail: it is used only if it gives exactly
     # what copy_with gives on this httpx version, checked once here.
     samples = [
-        (httpx.URL("http://api/a/b?x=1&y=%20#f"), ServiceInstance("s1", "10.0.0.1", 8080)),
-        (httpx.URL("http://u:p@api:81/"), ServiceInstance("s2", "::1", 443, scheme="https")),
-        (httpx.URL("https://api/%E2%82%AC"), ServiceInstance("s3", "host.example", 80)),
+        (httpx.URL("http://api/a/b?x=1&y=%20#f"), ServiceInstance("s1", "10.0.0.1", 8080), False),
+        (httpx.URL("http://u:p@api:81/"), ServiceInstance("s2", "::1", 443, scheme="https"), False),
+        (httpx.URL("https://api/%E2%82%AC"), ServiceInstance("s3", "host.example", 80), False),
+        (httpx.URL("https://api/x"), ServiceInstance("s4", "10.0.0.4", 80, ssl_port=8443), True),
     ]
     try:
-        for url, server in samples:
-            fast, slow = _copy_url(url, server), _slow_copy_url(url, server)
+        for url, server, tls in samples:
+            fast, slow = _copy_url(url, server, tls), _slow_copy_url(url, server, tls)
             if (fast, str(fast), fast.port, fast.raw_host, fast.raw_path) != (
                 slow,
                 str(slow),
@@ -178,7 +186,10 @@ class _Balancing:
         # A ByteStream body is in memory and can be sent again; a generator or file cannot.
         replayable = isinstance(request.stream, httpx.ByteStream)
         key = None if self.key is None else self.key(request)
-        return Attempts(self.lb, self.policy, _HOOKS, method=request.method, replayable=replayable, key=key)
+        tls = request.url.scheme == "https"  # written https://: only ever sent over TLS
+        return Attempts(
+            self.lb, self.policy, _HOOKS, method=request.method, replayable=replayable, key=key, tls=tls
+        )
 
     def rewrite(
         self, request: httpx.Request, server: ServiceInstance, time_left: float | None
@@ -186,7 +197,7 @@ class _Balancing:
         """A copy of ``request`` addressed to ``server``; the original stays as the client built it,
         so the response, cookies and redirects keep the logical URL. ``time_left``: the policy's
         deadline, which no phase of this attempt may outlast."""
-        url = _url_for(request.url, server)
+        url = _url_for(request.url, server, request.url.scheme == "https")
         extensions = request.extensions
         if time_left is not None:
             extensions = {**extensions, "timeout": _cut_timeout(extensions.get("timeout"), time_left)}

@@ -9,7 +9,9 @@
     zklb.requests.mount(session, lb)   # "api" is lb.service; other hosts are sent as before
     session.get("http://api/users/1")
 
-The adapter sends a copy of the prepared request with the scheme, host and port of the instance, and
+The adapter sends a copy of the prepared request with the scheme, host and port of the instance (for a
+request written ``https://``, its TLS port: such a request is never sent to a plain-http instance, and
+with no TLS instance `NoServerAvailableError` says so and nothing is sent), and
 hands back the response as the answer to the logical request (``response.url`` and ``response.request``
 are the logical ones), so a relative redirect resolves against ``http://api/...`` and comes back through
 the balancer, while an absolute redirect to another host goes to whatever adapter that host has.
@@ -127,9 +129,9 @@ def _replayable(body: object) -> bool:
     return body is None or isinstance(body, bytes | str)
 
 
-def _authority(server: ServiceInstance) -> str:
+def _authority(scheme: str, server: ServiceInstance, port: int) -> str:
     host = f"[{server.host}]" if ":" in server.host else server.host
-    return host if DEFAULT_PORTS[server.scheme] == server.port else f"{host}:{server.port}"
+    return host if DEFAULT_PORTS[scheme] == port else f"{host}:{port}"
 
 
 # The environment variables whose proxies select_proxy() can pick for an http(s) URL (urllib reads both
@@ -238,6 +240,7 @@ class LoadBalancedAdapter(HTTPAdapter):
             method=request.method or "GET",
             replayable=_replayable(request.body),
             key=None if route.key is None else route.key(request),
+            tls=url.scheme == "https",  # written https://: only ever sent over TLS, to a TLS port
         )
         try:
             return attempts.run(functools.partial(self._send, request, url, route, options, attempts))
@@ -258,8 +261,10 @@ class LoadBalancedAdapter(HTTPAdapter):
         server = lease.server
         # A copy: the session keeps the original for redirects, cookies and the response.
         sent = request.copy()
-        sent.url = url._replace(scheme=server.scheme, netloc=_authority(server)).geturl()
-        sent.headers["Host"] = url.netloc.rpartition("@")[2] if route.preserve_host else _authority(server)
+        scheme, port = server.endpoint(url.scheme == "https")
+        authority = _authority(scheme, server, port)
+        sent.url = url._replace(scheme=scheme, netloc=authority).geturl()
+        sent.headers["Host"] = url.netloc.rpartition("@")[2] if route.preserve_host else authority
         given = options["proxies"]
         proxies = self._proxies_for(request.url or "", sent.url, given)
         time_left = attempts.time_left()

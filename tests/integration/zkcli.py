@@ -38,25 +38,26 @@ class ZkCliSession:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        self._created = 0
 
     def output(self) -> str:
         return self._log_path.read_text(errors="replace")
 
     def create(self, path: str, data: str, *, ephemeral: bool = False, sequential: bool = False) -> str:
-        """``create [-s] [-e] path 'data'``; returns the path zkCli reports it created."""
+        """``create [-s] [-e] path 'data'``; returns the path zkCli reports it created.
+
+        A persistent znode that already exists (a parent another test made) is fine.
+        """
         assert "'" not in data, "zkCli quotes the data in single quotes"
         flags = ("-s " if sequential else "") + ("-e " if ephemeral else "")
+        start = len(self.output())
         self._send(f"create {flags}{path} '{data}'")
-        self._created += 1
-        expected = self._created
         deadline = time.monotonic() + TIMEOUT
         while True:
-            created = [
-                line.split(" ", 1)[1] for line in self.output().splitlines() if line.startswith("Created ")
-            ]
-            if len(created) >= expected:
-                return created[expected - 1].strip()
+            for line in self.output()[start:].splitlines():
+                if line.startswith("Created "):
+                    return line.split(" ", 1)[1].strip()
+                if line.strip() == f"Node already exists: {path}" and not (ephemeral or sequential):
+                    return path
             if self._process.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"zkCli did not create {path}:\n{self.output()}")
             time.sleep(0.05)

@@ -447,14 +447,14 @@ def test_the_inner_transport_is_closed_with_the_transport() -> None:
 
 
 def test_preserve_host_and_rewrite_without_a_network() -> None:
-    lb = LoadBalancer.static(["http://[::1]:8080"], service="api")
+    lb = LoadBalancer.static([ServiceInstance.parse("http://[::1]:8080", ssl_port=8443)], service="api")
     inner = Scripted(lambda r: 200)
-    for preserve, host in ((False, "[::1]:8080"), (True, "api")):
+    for preserve, host in ((False, "[::1]:8443"), (True, "api")):
         with httpx.Client(transport=LoadBalancedTransport(lb, transport=inner, preserve_host=preserve)) as c:
             response = c.get("https://api/p/q?x=%20y", headers={"X-A": "1"})
         sent = inner.seen[-1]
         assert (str(sent.url), sent.headers["Host"], sent.headers["X-A"]) == (
-            "http://[::1]:8080/p/q?x=%20y",
+            "https://[::1]:8443/p/q?x=%20y",
             host,
             "1",
         )
@@ -468,12 +468,15 @@ def test_the_fast_url_copy_is_in_use_and_agrees_with_copy_with() -> None:
         ServiceInstance("a", "10.1.2.3", 80),
         ServiceInstance("b", "2001:db8::1", 443, scheme="https"),
         ServiceInstance("c", "svc-1.example.org", 9000, scheme="https"),
+        ServiceInstance("d", "10.1.2.4", 80, ssl_port=443),
     ]
     for url in map(httpx.URL, urls):
         for server in servers:
+            tls = url.scheme == "https"
+            scheme, port = server.endpoint(tls) if server.tls else (server.scheme, server.port)
             fast, slow = (
-                zklb_httpx._copy_url(url, server),
-                url.copy_with(scheme=server.scheme, host=server.host, port=server.port),
+                zklb_httpx._copy_url(url, server, tls and server.tls),
+                url.copy_with(scheme=scheme, host=server.host, port=port),
             )
             assert (fast, str(fast), fast.port, fast.netloc, fast.raw_path) == (
                 slow,
