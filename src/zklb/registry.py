@@ -565,12 +565,8 @@ class Registry:
                     continue
             if stat.ephemeralOwner != session:
                 self._conflict(path, stat.ephemeralOwner, session)  # watched: its deletion wakes us
-            if current == data or not self._still_desired(registration):
+            if self._up_to_date(client, registration, path, current=current, version=stat.version, data=data):
                 return
-            try:
-                client.set_async(path, data, version=stat.version).get(timeout=timeout)
-            except (BadVersionError, NoNodeError):
-                pass
             # Read it back either way: the write fired (used up) the watch the first read set.
         raise RegistryError(f"{path} kept changing while being registered")
 
@@ -610,13 +606,29 @@ class Registry:
             if stat.ephemeralOwner != session:
                 registration._forget_znode()  # an earlier session's, and that session is over
                 continue
-            if current == data or not self._still_desired(registration):
+            if self._up_to_date(client, registration, path, current=current, version=stat.version, data=data):
                 return
-            try:
-                client.set_async(path, data, version=stat.version).get(timeout=timeout)
-            except (BadVersionError, NoNodeError):
-                pass
         raise RegistryError(f"{registration.prefix} kept changing while being registered")
+
+    def _up_to_date(
+        self,
+        client: KazooClient,
+        registration: Registration,
+        path: str,
+        *,
+        current: bytes,
+        version: int,
+        data: bytes,
+    ) -> bool:
+        """True if ``path`` (read at ``version``) needs no write; else write ``data`` there (False: read
+        it back, as the write may have raced another one)."""
+        if current == data or not self._still_desired(registration):
+            return True
+        try:
+            client.set_async(path, data, version=version).get(timeout=self._request_timeout)
+        except (BadVersionError, NoNodeError):
+            pass
+        return False
 
     def _find_uncreated(
         self, client: KazooClient, session: int, registration: Registration, data: bytes

@@ -25,13 +25,12 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from zklb.codecs._json import MAX_ZNODE_BYTES, load_object
 from zklb.errors import ConfigurationError, InstanceSkipped, InvalidInstance
 from zklb.instance import SCHEMES, ServiceInstance, check_weight
 
 __all__ = ["MAX_ZNODE_BYTES", "SPRING_PAYLOAD_CLASS", "CuratorCodec", "resolve_uri_spec"]
 
-#: Znodes larger than this are rejected unread: no instance needs more, and it bounds a bad actor.
-MAX_ZNODE_BYTES = 64 * 1024
 #: The payload class Spring Cloud Zookeeper writes and its readers require.
 SPRING_PAYLOAD_CLASS = "org.springframework.cloud.zookeeper.discovery.ZookeeperInstance"
 
@@ -158,20 +157,6 @@ def _registered_at(doc: Mapping[str, Any]) -> datetime | None:
         raise InvalidInstance(f"'registrationTimeUTC' {millis!r} is out of range") from None
 
 
-def _load(data: bytes) -> dict[str, Any]:
-    if data is None or len(data) == 0:
-        raise InvalidInstance("znode has no data")
-    if len(data) > MAX_ZNODE_BYTES:
-        raise InvalidInstance(f"znode data is {len(data)} bytes, more than the {MAX_ZNODE_BYTES} allowed")
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidInstance(f"znode data is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidInstance(f"znode data must be a JSON object, got {type(doc).__name__}")
-    return doc
-
-
 class CuratorCodec:
     """Encodes and decodes Curator x-discovery JSON (see the module docstring).
 
@@ -231,7 +216,7 @@ class CuratorCodec:
         ``port`` (plain) and ``sslPort`` (TLS), both kept when both are given. Unknown fields are
         ignored; a missing ``enabled`` means enabled; the znode name is the id.
         """
-        doc = _load(data)
+        doc = load_object(data)
         enabled = doc.get("enabled", True)
         if not isinstance(enabled, bool):
             raise InvalidInstance(f"'enabled' must be true or false, got {enabled!r}")

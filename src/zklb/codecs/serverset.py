@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
 
-from zklb.codecs.curator import MAX_ZNODE_BYTES
+from zklb.codecs._json import load_object
 from zklb.errors import ConfigurationError, InstanceSkipped, InvalidInstance
 from zklb.instance import ServiceInstance, check_port
 
@@ -43,20 +42,6 @@ def _endpoint(value: object, where: str) -> tuple[str, int]:
         return host, check_port(port)
     except InvalidInstance:
         raise InvalidInstance(f"{where}.port must be an integer between 1 and 65535, got {port!r}") from None
-
-
-def _load(data: bytes) -> dict[str, Any]:
-    if not data:
-        raise InvalidInstance("znode has no data")
-    if len(data) > MAX_ZNODE_BYTES:
-        raise InvalidInstance(f"znode data is {len(data)} bytes, more than the {MAX_ZNODE_BYTES} allowed")
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidInstance(f"znode data is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidInstance(f"znode data must be a JSON object, got {type(doc).__name__}")
-    return doc
 
 
 class ServerSetCodec:
@@ -109,7 +94,7 @@ class ServerSetCodec:
         """The member in znode ``name``; `InstanceSkipped` unless an ``ALIVE`` member with the endpoint."""
         if not name.startswith(MEMBER_PREFIX):
             raise InstanceSkipped(f"not a ServerSet member (its name does not start with {MEMBER_PREFIX!r})")
-        doc = _load(data)
+        doc = load_object(data)
         status = doc.get("status")
         if not isinstance(status, str):
             raise InvalidInstance(f"'status' must be a string, got {status!r}")
