@@ -28,7 +28,8 @@ from zklb._aio import run_off_loop, wait_attempt
 from zklb._pool import DEFAULT_HEALTH, Pool, State
 from zklb._starting import SharedStart
 from zklb._zk import DEFAULT_REQUEST_TIMEOUT, ClientHandle, check_root, check_service, check_timeout
-from zklb.codecs import Codec, resolve_codec
+from zklb.codecs import Codec, DubboCodec, resolve_codec
+from zklb.codecs.dubbo import DUBBO_SLOW_START
 from zklb.discovery import ServiceWatcher
 from zklb.errors import ClosedError, ForkError, NoServerAvailable, RegistryError
 from zklb.health import Connection, HealthPolicy
@@ -62,7 +63,8 @@ class LoadBalancer(Pool):
 
     ``codec`` is the registry format: ``"curator"`` (default), ``"serverset"``, ``"dubbo"`` (with
     ``root="/dubbo"``, service ``"com.foo.DemoService"`` reads ``/dubbo/com.foo.DemoService/providers``)
-    or a codec object (`zklb.codecs`).
+    or a codec object (`zklb.codecs`). With the Dubbo codec, ``slow_start`` defaults to Dubbo's warm-up
+    (`zklb.codecs.dubbo.DUBBO_SLOW_START`, each provider's own ``warmup`` from its ``timestamp``).
 
     ``health`` is the passive health policy (`HealthPolicy`; None turns ejection off).
     ``request_timeout`` bounds each ZooKeeper request, ``resync_delay`` the random delay of a re-sync
@@ -113,6 +115,9 @@ class LoadBalancer(Pool):
         filter: InstanceFilter | None = None,
         prefer: Mapping[str, str] | None = None,
     ) -> None:
+        codec = resolve_codec(codec)
+        if slow_start is None and isinstance(codec, DubboCodec):
+            slow_start = DUBBO_SLOW_START  # Dubbo's consumers always warm providers up
         super().__init__(
             check_service(service),
             check_root(root),
@@ -123,7 +128,7 @@ class LoadBalancer(Pool):
             filter=filter,
             prefer=prefer,
         )
-        self._codec = resolve_codec(codec)
+        self._codec = codec
         self._start_timeout = check_timeout("start_timeout", start_timeout)
         self._request_timeout = check_timeout("request_timeout", request_timeout)
         self._resync_delay = check_timeout("resync_delay", resync_delay, zero=True)

@@ -7,6 +7,7 @@ x-discovery with a ``ZookeeperInstance`` payload), Aurora's ServerSet members, D
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from kazoo.client import KazooClient
 from tests.integration.zkcli import ZkCliSession
 
 from zklb import LoadBalancer, Registry, ServerSetCodec, ServiceWatcher
+from zklb.slow_start import SlowStart
 from zklb.testing import expire_session, wait_until
 
 WAIT = 15.0
@@ -265,3 +267,27 @@ def test_registry_writes_dubbo_providers(zk: KazooClient, zk_hosts: str) -> None
         with LoadBalancer(zk_hosts, interface, root="/dubbo", codec="dubbo") as lb:
             assert lb.wait_for(lambda m: reg.instance.id in m.by_id, WAIT), lb.membership
             assert (lb.get_server().url, lb.get_server().weight) == ("http://127.0.0.1:8080", 30)
+
+
+def test_dubbo_warmup_ramps_a_fresh_provider_up_as_dubbo_does(zk: KazooClient, zk_hosts: str) -> None:
+    interface = f"com.foo.Warm{uuid.uuid4().hex[:8]}"
+    providers = f"/dubbo/{interface}/providers"
+    now_ms = int(time.time() * 1000)
+    old = provider_url(interface, 20890)  # timestamp 2023: long warm
+    fresh = provider_url(interface, 20891).replace("timestamp=1700000000000", f"timestamp={now_ms}")
+    for url in (old, fresh + "&warmup=600000"):
+        zk.create(f"{providers}/{quote_plus(url, safe='')}", b"127.0.0.1", ephemeral=True, makepath=True)
+    with LoadBalancer(
+        zk_hosts, interface, root="/dubbo", codec="dubbo", strategy="weighted_round_robin"
+    ) as lb:
+        assert lb.wait_for(lambda m: len(m) == 2, WAIT), lb.membership
+        picks = [lb.get_server().port for _ in range(2000)]
+    # Equal weights, but the fresh provider is seconds into a 10-minute warm-up: about 1 % of its share.
+    assert picks.count(20891) < 60, picks.count(20891)
+    with LoadBalancer(
+        zk_hosts, interface, root="/dubbo", codec="dubbo", slow_start=SlowStart(window=0.001)
+    ) as lb:
+        assert lb.wait_for(lambda m: len(m) == 2, WAIT), lb.membership
+        picks = [lb.get_server().port for _ in range(200)]
+    # Its own window (the URL's warmup) wins over the balancer's: still ramping.
+    assert picks.count(20891) < 20, picks.count(20891)

@@ -239,12 +239,18 @@ def test_dubbo_provider_urls_are_read_from_the_znode_name() -> None:
     assert (inst.host, inst.port, inst.weight) == ("10.0.0.9", 20880, 60)
     assert inst.id.startswith("10.0.0.9:20880-")
     assert inst.registered_at == datetime.fromtimestamp(1700000000, UTC)
-    assert inst.metadata["warmup"] == "120000"
+    assert (inst.metadata["warmup"], inst.metadata["slow_start_window"]) == ("120000", "120")
     assert (inst.metadata["protocol"], inst.metadata["path"]) == ("dubbo", "com.foo.DemoService")
     assert inst.metadata["methods"] == "sayHello,sayGoodbye"
     default = DubboCodec().decode("com.foo.DemoService", quote_plus(PROVIDER, safe=""), b"")
     assert default is not None
-    assert (default.weight, default.metadata["warmup"]) == (100, "600000")
+    assert (default.weight, default.metadata["warmup"], default.metadata["slow_start_window"]) == (
+        100,
+        "600000",
+        "600",
+    )
+    none = DubboCodec().decode("com.foo.DemoService", quote_plus(PROVIDER + "&warmup=0", safe=""), b"")
+    assert none is not None and none.metadata["slow_start_window"] == "0.001"  # no warm-up: no ramp
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,10 @@ The znode's data is ignored (Dubbo 2.7 writes the provider's IP there). Only ``p
 a provider with ``enabled=false`` or ``disabled=true`` is not served, nor one whose ``category`` or
 ``side`` says it is not a provider. An instance's id is ``host:port-<digest of the name>``. The
 weight is the URL's ``weight`` (default 100, Dubbo's).
-Dubbo's warm-up is kept for slow start: ``registered_at`` is the URL's ``timestamp`` and
-``metadata["warmup"]`` its ``warmup`` in milliseconds (Dubbo's default, 600000, when absent). Every
+Dubbo's warm-up becomes slow start: ``registered_at`` is the URL's ``timestamp``, and the instance's own
+slow-start window (metadata ``slow_start_window``, seconds; see `zklb.slow_start`) is its ``warmup``
+(Dubbo's default 10 minutes when absent); ``metadata["warmup"]`` keeps the milliseconds. A balancer with
+this codec ramps new providers up by default (`DUBBO_SLOW_START`), as Dubbo's own consumers do. Every
 other URL parameter is in the metadata, with ``protocol`` and ``path``.
 """
 
@@ -26,13 +28,17 @@ from urllib.parse import parse_qsl, quote_plus, unquote_plus, urlencode, urlspli
 from zklb._zk import join_path
 from zklb.errors import InstanceSkipped, InvalidInstance
 from zklb.instance import ServiceInstance, check_weight
+from zklb.slow_start import WINDOW_METADATA, SlowStart
 
-__all__ = ["DEFAULT_WARMUP_MS", "DEFAULT_WEIGHT", "DubboCodec"]
+__all__ = ["DEFAULT_WARMUP_MS", "DEFAULT_WEIGHT", "DUBBO_SLOW_START", "DubboCodec"]
 
 #: Dubbo's default provider weight.
 DEFAULT_WEIGHT = 100
 #: Dubbo's default warm-up, in milliseconds (10 minutes).
 DEFAULT_WARMUP_MS = 600_000
+#: The slow start a balancer with the Dubbo codec applies unless given one: Dubbo's linear ramp from
+#: its timestamp over its warm-up, starting at 1 % of the weight (Dubbo's weight floor of 1 in 100).
+DUBBO_SLOW_START = SlowStart(window=DEFAULT_WARMUP_MS / 1000, min_weight_percent=1.0, aggression=1.0)
 # URL "protocols" Dubbo uses for what is not a provider (rules, overrides, consumers, empty markers).
 _NOT_PROVIDERS = frozenset({"consumer", "override", "route", "empty", "condition", "script", "absent"})
 _PROVIDERS = "providers"
@@ -114,7 +120,15 @@ class DubboCodec:
         warmup = params.get("warmup", str(DEFAULT_WARMUP_MS))
         if not warmup.isdigit():
             raise InvalidInstance(f"'warmup' must be milliseconds, got {warmup!r}")
-        metadata = {**params, "protocol": protocol, "path": parts.path.lstrip("/"), "warmup": warmup}
+        # A zero warm-up is no ramp: a window too short to matter (slow start reads 0 as "use the default").
+        window = int(warmup) / 1000 or 0.001
+        metadata = {
+            **params,
+            "protocol": protocol,
+            "path": parts.path.lstrip("/"),
+            "warmup": warmup,
+            WINDOW_METADATA: f"{window:g}",
+        }
         return ServiceInstance(
             id=_instance_id(parts.hostname, port, name),
             host=parts.hostname,
