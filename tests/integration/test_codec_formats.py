@@ -6,7 +6,9 @@ x-discovery with a ``ZookeeperInstance`` payload), Aurora's ServerSet members, D
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,7 +19,7 @@ import pytest
 from kazoo.client import KazooClient
 from tests.integration.zkcli import ZkCliSession
 
-from zklb import LoadBalancer, Registry, ServerSetCodec, ServiceWatcher
+from zklb import LoadBalancer, Membership, Registry, ServerSetCodec, ServiceWatcher
 from zklb.slow_start import SlowStart
 from zklb.testing import expire_session, wait_until
 
@@ -291,3 +293,29 @@ def test_dubbo_warmup_ramps_a_fresh_provider_up_as_dubbo_does(zk: KazooClient, z
         picks = [lb.get_server().port for _ in range(200)]
     # Its own window (the URL's warmup) wins over the balancer's: still ramping.
     assert picks.count(20891) < 20, picks.count(20891)
+
+
+def _has(name: str, membership: Membership) -> bool:
+    return name in membership
+
+
+def test_a_rejected_znode_is_logged_once_per_reason(
+    zk: KazooClient, zk_hosts: str, service: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = f"/services/{service}/down"
+    zk.create(path, spring_registration(service, "down", 8082, "DOWN").encode(), makepath=True)
+    with caplog.at_level(logging.INFO, logger="zklb.discovery"), ServiceWatcher(zk_hosts, service) as watcher:
+        for port in (8083, 8084):  # the data changes (re-read, re-decoded), the reason does not
+            zk.set(path, spring_registration(service, "down", port, "DOWN").encode())
+            zk.create(f"{path}-{port}", spring_registration(service, "x", port, "UP").encode())
+            assert watcher.wait_for(functools.partial(_has, f"down-{port}"), WAIT), watcher.membership
+        zk.set(path, b"{not json")
+        zk.create(f"{path}-last", spring_registration(service, "x", 8085, "UP").encode())
+        assert watcher.wait_for(lambda m: "down-last" in m, WAIT), watcher.membership
+    messages = [r.getMessage() for r in caplog.records if "/down:" in r.getMessage()]
+    assert len(messages) == 2, messages
+    assert "instance_status is 'DOWN', not UP" in messages[0] and "not JSON" in messages[1]
+    assert [r.levelno for r in caplog.records if "/down:" in r.getMessage()] == [
+        logging.INFO,
+        logging.WARNING,
+    ]
