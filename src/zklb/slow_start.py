@@ -180,7 +180,9 @@ class Ramp:
         factor = self.settings.factor
         factors = {key: factor(middle - start, window) for key, (start, window) in ramping.items()}
         top = max(factors.values()) if len(ramping) >= size else 1.0
-        self.accept = {key: f / top for key, f in factors.items()}
+        # A chance of 1 is left out: such a pick costs a dict miss, like a warm instance's (every
+        # instance when all ramp at the same pace).
+        self.accept = {key: f / top for key, f in factors.items() if f < top}
         self.next_at = now + step
 
     def admits(self, key: str) -> bool:

@@ -129,7 +129,17 @@ class PeakEwmaPicker(InFlightCounts):
         b = int(self._random() * (size - 1))
         if b >= a:
             b += 1
-        return self._instances[self._better(a, b)]
+        # _better(a, b), written out: the call is a sizeable part of this pick's cost.
+        costs = self._costs
+        in_flight = self._in_flight
+        weights = self._weights
+        load_a = in_flight[a]
+        load_b = in_flight[b]
+        cost_a = costs[a] * (load_a + 1) * weights[b]
+        cost_b = costs[b] * (load_b + 1) * weights[a]
+        if cost_b < cost_a or (cost_b == cost_a and load_b * weights[a] < load_a * weights[b]):
+            return self._instances[b]
+        return self._instances[a]
 
     def _better(self, a: int, b: int) -> int:
         costs = self._costs
