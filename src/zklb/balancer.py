@@ -349,14 +349,18 @@ class LoadBalancer(Pool):
         weight: int = 1,
         metadata: Mapping[str, str] | None = None,
         id: str | None = None,
+        ssl_port: int | None = None,
         timeout: float = 10.0,
     ) -> Registration:
         """Register ``server`` for this service (an ephemeral znode) and wait until the pool has it.
 
-        Returns the `Registration` (``update()`` it, ``close()`` it). It is removed by ``close()``.
+        ``ssl_port``: the TLS port of an ``http://`` server that speaks https there too. Returns the
+        `Registration` (``update()`` it, ``close()`` it). It is removed by ``close()``.
         """
         registry = self._ensure_registry()
-        registration = registry.register(self.service, server, weight=weight, metadata=metadata, id=id)
+        registration = registry.register(
+            self.service, server, weight=weight, metadata=metadata, id=id, ssl_port=ssl_port
+        )
         key = registration.instance.id
         if not self.wait_for(lambda m: key in m.by_id, timeout):
             log.warning("%s registered but not yet seen in the pool after %g s", registration.path, timeout)

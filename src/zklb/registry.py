@@ -76,6 +76,7 @@ class RegisterOptions(TypedDict, total=False):
     weight: int
     metadata: Mapping[str, str] | None
     id: str | None
+    ssl_port: int | None
     timeout: float | None
 
 

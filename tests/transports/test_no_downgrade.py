@@ -207,3 +207,6 @@ def test_a_registration_with_both_ports_serves_http_and_https_callers(
         with httpx.Client(transport=LoadBalancedTransport(lb, transport=inner, hosts=["api"])) as client:
             assert client.get("https://api/x").text == "tls"
             assert client.get("http://api/x").text == "dual"
+        added = lb.add_server(f"http://127.0.0.1:{servers['plain'].port}", ssl_port=servers["tls"].port)
+        assert added.instance.tls_url == f"https://127.0.0.1:{servers['tls'].port}"
+        assert lb.membership.by_id[added.instance.id].ssl_port == servers["tls"].port
