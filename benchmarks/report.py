@@ -25,6 +25,7 @@ from pathlib import Path
 
 from kazoo.client import KazooClient
 from report_model import Report
+from scenario_churn import churn
 from scenarios_local import hot_path, memory, stats_stall, threads
 from scenarios_zk import initial_load, one_change
 
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             initial_load(report, hosts, writer, n)
             one_change(report, hosts, writer, n, 6 if smoke else 30)
+            churn(report, hosts, writer, n, rate=20 if smoke else 100, seconds=1 if smoke else 30)
         finally:
             writer.stop()
             writer.close()

@@ -24,7 +24,16 @@ def test_every_benchmark_scenario_runs_at_tiny_sizes(zk_hosts: str, tmp_path: Pa
     )
     assert run.returncode == 0, run.stderr[-3000:]
     written = (tmp_path / "benchmarks.md").read_text()
-    for scenario in ("hot path", "stats() stall", "memory", "threads", "initial load", "one change among"):
+    scenarios = (
+        "hot path",
+        "stats() stall",
+        "memory",
+        "threads",
+        "initial load",
+        "one change among",
+        "churn",
+    )
+    for scenario in scenarios:
         assert f"| {scenario}" in written, scenario
     assert "baseline A" in written and "baseline B" in written
     assert "Machine:" in written and "Command:" in written
