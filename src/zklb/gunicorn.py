@@ -41,8 +41,6 @@ __all__ = ["on_exit", "when_ready"]
 
 log = logging.getLogger("zklb.gunicorn")
 
-DEFAULT_HOSTS = "127.0.0.1:2181"
-DEFAULT_ROOT = "/services"
 DEFAULT_DRAIN = 2.0
 
 
@@ -80,10 +78,7 @@ def when_ready(server: Arbiter) -> None:
         raise ConfigurationError("zklb.gunicorn needs ZKLB_SERVICE, the service name to register under")
     url = os.environ.get("ZKLB_URL", "").strip() or _bound_url(server)
     drain = _drain_seconds()
-    registry = Registry(
-        os.environ.get("ZKLB_HOSTS", "").strip() or DEFAULT_HOSTS,
-        root=os.environ.get("ZKLB_ROOT", "").strip() or DEFAULT_ROOT,
-    )
+    registry = Registry()  # hosts and root from ZKLB_HOSTS and ZKLB_ROOT, as everywhere (zklb._config)
     try:
         registration = registry.register(service, url)
     except BaseException:

@@ -141,6 +141,36 @@ def test_services_and_instances_show_what_a_client_balances_and_what_it_skips(
     assert "skipped broken: znode data is not JSON" in plain.stdout
 
 
+@pytest.mark.parametrize("codec", ["dubbo", "serverset"])
+def test_codec_option_reads_other_registries_formats(
+    zk: KazooClient, zk_hosts: str, root: str, codec: str
+) -> None:
+    service = f"com.foo.Demo{uuid.uuid4().hex[:8]}"
+    with Registry(zk, root=root, codec=codec) as registry:
+        registry.register(service, "http://127.0.0.1:9001", weight=7)
+        registry.register(service, "http://127.0.0.1:9002")
+        args = (*common(zk_hosts, root), "--codec", codec)
+
+        listed = run("instances", service, "--json", *args)
+        assert listed.returncode == 0, listed.stderr
+        doc = json.loads(listed.stdout)
+        assert sorted((i["url"], i["weight"]) for i in doc["instances"]) == [
+            ("http://127.0.0.1:9001", 7 if codec == "dubbo" else 1),  # a ServerSet member has no weight
+            ("http://127.0.0.1:9002", 1),  # the registry writes the weight it is given
+        ]
+        assert doc["skipped"] == []
+        services = run("services", "--json", *args)
+        assert json.loads(services.stdout) == [{"service": service, "instances": 2}], services.stderr
+        picked = run("pick", service, "-n", "4", "--json", *args)
+        assert picked.returncode == 0, picked.stderr
+        assert sum(json.loads(picked.stdout)["picks"].values()) == 4
+
+        # Read as Curator's format, the same znodes are not instances: the option is what makes them so.
+        as_curator = run("instances", service, "--json", *common(zk_hosts, root))
+        curator_doc = json.loads(as_curator.stdout) if as_curator.returncode == 0 else {"instances": []}
+        assert curator_doc["instances"] == []
+
+
 def test_services_through_a_chroot(zk_hosts: str, root: str, registry: Registry) -> None:
     registry.register("api", "http://127.0.0.1:9001")
     result = run("services", "--json", "--hosts", zk_hosts + root, "--root", "/")

@@ -14,6 +14,8 @@ from typing import Any, TypeAlias
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
+from zklb._config import FALLBACK_HOSTS, FALLBACK_ROOT, HOSTS_VARIABLE, ROOT_VARIABLE
+from zklb.codecs import CODEC_NAMES, Codec, resolve_codec, service_path
 from zklb.instance import ServiceInstance
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "Subparsers",
     "add_common_options",
     "check_service_exists",
+    "codec_of",
     "connect",
     "emit_json",
     "instance_doc",
@@ -40,9 +43,9 @@ EXIT_UNKNOWN_SERVICE = 3
 #: What each module's ``add_parsers`` adds its subcommands to.
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-DEFAULT_HOSTS = "127.0.0.1:2181"
+DEFAULT_HOSTS = FALLBACK_HOSTS
 SESSION_TIMEOUT = 10.0  # seconds, as LoadBalancer and Registry default to
-DEFAULT_ROOT = "/services"
+DEFAULT_ROOT = FALLBACK_ROOT
 
 
 class CliError(Exception):
@@ -53,21 +56,32 @@ class CliError(Exception):
         self.code = code
 
 
-def add_common_options(parser: argparse.ArgumentParser, *, hosts_default: str | None = DEFAULT_HOSTS) -> None:
-    """``--hosts``, ``--root``, ``--timeout``, ``--json`` and ``-v``, with their environment defaults."""
-    hosts = os.environ.get("ZKLB_HOSTS") or hosts_default
+def add_common_options(
+    parser: argparse.ArgumentParser, *, hosts_default: str | None = DEFAULT_HOSTS, codec: bool = True
+) -> None:
+    """``--hosts``, ``--root``, ``--timeout``, ``--codec`` (unless ``codec`` is False), ``--json`` and
+    ``-v``, with their environment defaults."""
+    # The library's variables (zklb._config), read here so that --help shows the value in effect.
+    hosts = os.environ.get(HOSTS_VARIABLE, "").strip() or hosts_default
     where = f"default: $ZKLB_HOSTS or {hosts_default}" if hosts_default else "default: $ZKLB_HOSTS"
     parser.add_argument(
         "--hosts", default=hosts, help=f"ZooKeeper connection string, chroot allowed ({where})"
     )
     parser.add_argument(
         "--root",
-        default=os.environ.get("ZKLB_ROOT") or DEFAULT_ROOT,
+        default=os.environ.get(ROOT_VARIABLE, "").strip() or DEFAULT_ROOT,
         help=f"registry root (default: $ZKLB_ROOT or {DEFAULT_ROOT})",
     )
     parser.add_argument(
         "--timeout", type=seconds, default=10.0, help="seconds to reach ZooKeeper (default: 10)"
     )
+    if codec:
+        parser.add_argument(
+            "--codec",
+            choices=CODEC_NAMES,
+            default="curator",
+            help="znode format: Curator/Spring, Finagle ServerSet or Dubbo 2 providers (default: curator)",
+        )
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log zklb's own messages (INFO) on stderr"
@@ -148,9 +162,14 @@ def _stop(client: KazooClient) -> None:
         pass
 
 
-def check_service_exists(client: KazooClient, root: str, service: str) -> str:
-    """The service's path; `CliError` (exit 3) if no such service is registered under ``root``."""
-    path = f"{root.rstrip('/')}/{service}"
+def codec_of(args: argparse.Namespace) -> Codec:
+    """The codec ``--codec`` names."""
+    return resolve_codec(args.codec)
+
+
+def check_service_exists(client: KazooClient, codec: Codec, root: str, service: str) -> str:
+    """The service's path as ``codec`` lays it out; `CliError` (exit 3) if it is not in ZooKeeper."""
+    path = service_path(codec, root.rstrip("/") or "/", service)
     try:
         exists = client.exists(path) is not None
     except NoNodeError:

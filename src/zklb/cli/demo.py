@@ -213,7 +213,7 @@ def _wait(condition: Callable[[], object], timeout: float, what: str) -> None:
 def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     """Add ``demo`` to the command's subparsers (its ``--hosts`` defaults to a ZooKeeper of its own)."""
     own = argparse.ArgumentParser(add_help=False)
-    add_common_options(own, hosts_default=None)
+    add_common_options(own, hosts_default=None, codec=False)  # the demo writes Curator's format
     p = sub.add_parser(
         "demo",
         parents=[own],

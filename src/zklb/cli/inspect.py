@@ -14,13 +14,14 @@ from zklb.cli._common import (
     CliError,
     Subparsers,
     check_service_exists,
+    codec_of,
     connect,
     emit_json,
     instance_doc,
     positive_int,
 )
 from zklb.cli._table import table
-from zklb.codecs.curator import CuratorCodec
+from zklb.codecs import Codec, service_path
 from zklb.errors import InvalidInstance, NoServerAvailable
 from zklb.instance import ServiceInstance
 from zklb.strategies import strategy_names
@@ -36,8 +37,7 @@ class _Read:
     skipped: list[dict[str, str]]
 
 
-def _read_service(client: KazooClient, path: str, service: str) -> _Read:
-    codec = CuratorCodec()
+def _read_service(client: KazooClient, codec: Codec, path: str, service: str) -> _Read:
     try:
         names = sorted(client.get_children(path))
     except NoNodeError:
@@ -68,7 +68,11 @@ def _services(args: argparse.Namespace) -> int:
             names = sorted(client.get_children(args.root))
         except NoNodeError:
             names = []
-        counts = [(name, len(_read_service(client, f"{args.root}/{name}", name).instances)) for name in names]
+        codec = codec_of(args)
+        counts = [
+            (name, len(_read_service(client, codec, service_path(codec, args.root, name), name).instances))
+            for name in names
+        ]
     if args.json:
         emit_json([{"service": name, "instances": count} for name, count in counts])
     elif counts:
@@ -80,8 +84,9 @@ def _services(args: argparse.Namespace) -> int:
 
 def _instances(args: argparse.Namespace) -> int:
     with connect(args.hosts, args.timeout) as client:
-        path = check_service_exists(client, args.root, args.service)
-        read = _read_service(client, path, args.service)
+        codec = codec_of(args)
+        path = check_service_exists(client, codec, args.root, args.service)
+        read = _read_service(client, codec, path, args.service)
     docs = [instance_doc(i) for i in read.instances]
     if args.json:
         emit_json({"service": args.service, "instances": docs, "skipped": read.skipped})
@@ -107,10 +112,17 @@ def _instances(args: argparse.Namespace) -> int:
 
 def _pick(args: argparse.Namespace) -> int:
     with connect(args.hosts, args.timeout) as client:
-        check_service_exists(client, args.root, args.service)
+        codec = codec_of(args)
+        check_service_exists(client, codec, args.root, args.service)
         # No passive health and no grace: a look at the registry, not a client that sends requests.
         with LoadBalancer(
-            client, args.service, root=args.root, strategy=args.strategy, health=None, empty_grace=0
+            client,
+            args.service,
+            root=args.root,
+            codec=codec,
+            strategy=args.strategy,
+            health=None,
+            empty_grace=0,
         ) as lb:
             try:
                 counts = collections.Counter(lb.get_server(args.key).url for _ in range(args.n))

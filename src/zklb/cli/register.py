@@ -11,7 +11,15 @@ import signal
 import threading
 from types import FrameType
 
-from zklb.cli._common import CliError, Subparsers, connect, emit_json, instance_doc, non_negative_seconds
+from zklb.cli._common import (
+    CliError,
+    Subparsers,
+    codec_of,
+    connect,
+    emit_json,
+    instance_doc,
+    non_negative_seconds,
+)
 from zklb.errors import InvalidInstance, RegistryError
 from zklb.registry import Registry
 
@@ -34,7 +42,10 @@ def _register(args: argparse.Namespace) -> int:
     # Installed before connecting, so a signal during start-up still leads to a clean deregistration.
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with connect(args.hosts, args.timeout) as client, Registry(client, root=args.root) as registry:
+        with (
+            connect(args.hosts, args.timeout) as client,
+            Registry(client, root=args.root, codec=codec_of(args)) as registry,
+        ):
             try:
                 reg = registry.register(
                     args.service, args.url, weight=args.weight, metadata=dict(args.meta), timeout=args.timeout

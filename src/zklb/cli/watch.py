@@ -13,7 +13,7 @@ import signal
 import sys
 from types import FrameType
 
-from zklb.cli._common import Subparsers, check_service_exists, connect, emit_json, instance_doc
+from zklb.cli._common import Subparsers, check_service_exists, codec_of, connect, emit_json, instance_doc
 from zklb.cli._table import table
 from zklb.discovery import ServiceWatcher
 from zklb.membership import Membership
@@ -56,7 +56,8 @@ def _watch(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         with connect(args.hosts, args.timeout) as client:
-            path = check_service_exists(client, args.root, args.service)
+            codec = codec_of(args)
+            path = check_service_exists(client, codec, args.root, args.service)
             # A queue of wake-ups; what is drawn is always read afresh from the watcher.
             changes: queue.SimpleQueue[object] = queue.SimpleQueue()
 
@@ -64,7 +65,7 @@ def _watch(args: argparse.Namespace) -> int:
                 changes.put(state)
 
             # empty_grace=0: show what ZooKeeper holds, not a pool a balancer would keep a while.
-            with ServiceWatcher(client, args.service, root=args.root, empty_grace=0) as watcher:
+            with ServiceWatcher(client, args.service, root=args.root, codec=codec, empty_grace=0) as watcher:
                 client.add_listener(on_state)
                 try:
                     watcher.add_listener(changes.put)

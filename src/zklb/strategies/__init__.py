@@ -10,6 +10,7 @@ first time a name is not found, and imported only when asked for.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
@@ -52,6 +53,16 @@ StrategyFactory = Callable[[], Strategy]
 _lock = threading.Lock()
 _factories: dict[str, StrategyFactory] = {}
 _entry_points_loaded = False
+
+
+def _new_lock_in_child() -> None:
+    # A fork copies the lock as it was: held by a thread that does not exist in the child, it would
+    # stay held for ever. The names dict is only ever replaced whole-entry under it, so it is intact.
+    global _lock  # noqa: PLW0603 - the module's one lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def register_strategy(name: str, factory: StrategyFactory, *, replace: bool = False) -> None:
