@@ -1,0 +1,225 @@
+"""`PoolSkips`: what picks skip (ejected and draining instances), panic, and the pick function.
+
+Ejected and draining instances are *skipped*, not removed: the picker is not rebuilt when one is
+ejected. While nothing is ejected or skipped the pick function is the picker's own ``pick`` (no cost);
+otherwise a wrapper that re-picks past skipped ones and brings ejected ones back on time, and while an
+instance is in slow start, one that thins the picks (see `zklb.slow_start`). With ``prefer=``, which
+picker is in use is decided here too. Everything named ``*_locked`` runs under the pool's short lock.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Collection
+
+from zklb._pool_state import PoolState, State
+from zklb.instance import ServiceInstance
+from zklb.slow_start import Ramp
+from zklb.strategies import Picker
+
+__all__ = ["REPICKS", "PoolSkips", "choose", "pick_and_count", "thin"]
+
+log = logging.getLogger("zklb.balancer")
+
+#: Picks tried before a skip-aware scan, while some instances are ejected or draining.
+REPICKS = 4
+#: Draws at most per pick while thinning for slow start (each keeps >= min_weight_percent of its chance).
+_RAMP_DRAWS = 32
+
+
+class PoolSkips(PoolState):
+    """The pick function of a pool, from what passive health, draining and slow start say now."""
+
+    __slots__ = ()
+
+    def _is_ejected(self, key: str) -> bool:
+        """Whether passive health has ejected instance ``key`` (for the retry loop's budget)."""
+        health = self._health
+        return health is not None and key in health.ejected
+
+    def _pick_skipping(self) -> ServiceInstance:
+        """The pick function while some instances are ejected or draining: re-pick past them."""
+        health = self._health
+        if health is not None and health.next_return <= health.now():
+            self._expire_due()
+        picker = self._picker
+        if picker is None:
+            return self._pick()
+        server = choose(picker, self._skipped)
+        return server if server is not None else picker.pick()
+
+    def _expire_due(self) -> None:
+        """Bring back instances whose ejection time is over (on probation)."""
+        health = self._health
+        if health is None or health.next_return > health.now():
+            return
+        with self._lock:
+            back = health.expire()
+            for key in back:
+                slot = self._slots.get(key)
+                if slot is not None:
+                    slot.attention = True  # its next success ends the probation, under the lock
+            if back and self._ramp is not None:  # back from ejection: ramps up again
+                by_id = self._membership.by_id
+                returned = [by_id[key] for key in back if key in by_id]
+                self._ramp.restart(returned, self._clock(), len(by_id))
+            notice = self._refresh_locked() if back else None
+        for key in back:
+            log.info("%s: instance %s back from ejection, on probation", self.service, key)
+        if notice:
+            log.warning("%s", notice)
+
+    def _refresh_locked(self) -> str | None:
+        """Recompute what picks skip, panic, and the pick functions; a panic notice to log, if entered."""
+        picker = self._picker
+        started = self._state is State.STARTED
+        self._keyed = None
+        if self._state is State.CLOSED:
+            self._fast_ok = self._fast = False
+            self._pick = self._closed
+            return None
+        if self._preferred is not None:
+            picker = self._prefer_locked()
+        if picker is None:
+            self._skipped, self._panic = frozenset(), False
+            self._set_fast(started)
+            if started:
+                self._pick = self._empty
+            return None
+        draining = self._draining
+        active = len(self._membership) - len(draining)
+        ejected = frozenset() if self._health is None else frozenset(self._health.ejected) - draining
+        panic = False
+        if active == 0:
+            skipped: frozenset[str] = frozenset()  # everything draining: better them than nothing
+        else:
+            health = self._health
+            panic = health is not None and health.policy.panics(active, active - len(ejected))
+            skipped = draining if panic else draining | ejected
+        notice = None
+        if panic and not self._panic:
+            notice = (
+                f"{self.service}: panic: only {active - len(ejected)} of {active} instances healthy; "
+                "picking from the whole pool, ejected ones included"
+            )
+        self._skipped, self._panic = skipped, panic
+        if self._phantom:
+            self._unload_locked(picker, skipped)
+        if not started:
+            self._set_fast(False)
+        elif skipped or ejected:
+            # While anything is ejected (in panic too), picks go through the wrapper that notices when an
+            # ejection ends, so that panic ends, and probation starts, on the request path itself.
+            self._set_fast(False)
+            self._pick = self._pick_skipping
+        else:
+            self._set_fast(True)
+            self._pick = picker.pick
+            self._keyed = getattr(picker, "pick_key", None)
+        ramp = self._ramp
+        if started and ramp is not None and ramp.ramping:
+            # Slow start: the pick function above, thinned (see zklb.slow_start); acquire() goes slow too.
+            self._set_fast(False)
+            self._pick_base = self._pick
+            self._pick = self._pick_ramping
+        return notice
+
+    def _prefer_locked(self) -> Picker | None:
+        """With ``prefer=``: make the preferred instances' picker the one in use while one of them is
+        healthy and not draining, the whole pool's otherwise; returns the one in use."""
+        health = self._health
+        ejected = () if health is None else health.ejected
+        draining = self._draining
+        live = any(key not in draining and key not in ejected for key in self._preferred_ids)
+        want = self._preferred if live else self._whole
+        if want is not None and want is not self._picker:
+            take = None
+            if want.tracks_load:
+                # Its counts are stale: give it the real ones (phantoms belonged to the other picker).
+                want.seed({key: slot.in_flight() for key, slot in self._slots.items()})
+                take = getattr(want, "acquire_pick", None) or functools.partial(pick_and_count, want)
+            self._picker = want
+            self._acquire_pick = take
+            self._lock_free = take is None
+            self._phantom = {}
+        return self._picker
+
+    def _pick_ramping(self) -> ServiceInstance:
+        """The pick function while some instance is in slow start: the usual pick, thinned (inline:
+        this runs on every pick while any instance ramps)."""
+        ramp = self._ramp
+        assert ramp is not None
+        now = self._clock()
+        if now >= ramp.next_at:
+            with self._lock:  # the next step of the ramps; after the last, the bare pick function again
+                if now >= ramp.next_at:
+                    ramp.tick(now, len(self._membership))
+                    self._refresh_locked()
+            return self._pick()
+        pick = self._pick_base
+        server = pick()
+        accept = ramp.accept
+        chance = accept.get(server.id)
+        if chance is None:
+            return server
+        draw = ramp.draw
+        for _ in range(_RAMP_DRAWS):
+            if draw() < chance:
+                return server
+            server = pick()
+            chance = accept.get(server.id)
+            if chance is None:
+                return server
+        return server
+
+    def _set_fast(self, ok: bool) -> None:
+        """Whether ``acquire()`` may take its fast path: only with nothing skipped and nothing queued,
+        and no second (TLS) picker to keep in step."""
+        ok = ok and self._tls_mirror is None
+        self._fast_ok = ok
+        self._fast = ok and not self._deferred
+
+    def _unload_locked(self, picker: Picker, skipped: frozenset[str]) -> None:
+        """Take back the phantom requests of instances no longer skipped: they are picked again."""
+        by_id = self._membership.by_id
+        for key in [k for k in self._phantom if k not in skipped]:
+            count = self._phantom.pop(key)
+            instance = by_id.get(key)
+            if instance is not None:
+                for _ in range(count):
+                    picker.released(instance, True, 0.0)
+
+
+def pick_and_count(picker: Picker) -> ServiceInstance:
+    """``acquire_pick()`` for a load-tracking picker that does not offer it."""
+    server = picker.pick()
+    picker.acquired(server)
+    return server
+
+
+def thin(ramp: Ramp, server: ServiceInstance, again: Callable[[], ServiceInstance | None]) -> ServiceInstance:
+    """``server``, or a pick drawn again, until the slow-start test admits one (a bounded number of draws).
+
+    Every instance keeps at least ``min_weight_percent`` of its chance, so a few draws almost always
+    suffice; after ``_RAMP_DRAWS`` the last draw stands rather than loop on.
+    """
+    for _ in range(_RAMP_DRAWS):
+        if ramp.admits(server.id):
+            return server
+        drawn = again()
+        if drawn is None:
+            break
+        server = drawn
+    return server
+
+
+def choose(picker: Picker, skipped: Collection[str]) -> ServiceInstance | None:
+    """A pick not in ``skipped``: a few ordinary picks first (cheap, fair), then the picker's scan."""
+    if not skipped:
+        return picker.pick()
+    for _ in range(REPICKS):
+        server = picker.pick()
+        if server.id not in skipped:
+            return server
+    return picker.pick_excluding(skipped)
