@@ -25,9 +25,10 @@ from kazoo.client import KazooClient
 
 from zklb import _fork
 from zklb._aio import run_off_loop, wait_attempt
+from zklb._client import ClientHandle
 from zklb._pool import DEFAULT_HEALTH, Pool, State
 from zklb._starting import SharedStart
-from zklb._zk import DEFAULT_REQUEST_TIMEOUT, ClientHandle, check_root, check_service, check_timeout
+from zklb._zk import DEFAULT_REQUEST_TIMEOUT, check_root, check_service, check_timeout
 from zklb.codecs import Codec, DubboCodec, resolve_codec
 from zklb.codecs.dubbo import DUBBO_SLOW_START
 from zklb.discovery import ServiceWatcher

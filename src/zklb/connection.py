@@ -7,7 +7,7 @@ twenty services has one session and a handful of threads.
 
 Rules of this module:
 
-- The Discovery owns the client; what it makes holds a *view* of its client handle (`zklb._zk`): used,
+- The Discovery owns the client; what it makes holds a *view* of its client handle (`zklb._client`): used,
   never stopped by them. After a fork the handle makes a new client in the child and the views follow.
 - ``connect()`` begins connecting at once, in the background; ``start()`` / ``await astart()`` /
   ``with`` / ``async with`` wait for it (with a deadline) and raise `RegistryError` if ZooKeeper does
@@ -26,8 +26,9 @@ from typing import Any, Self, TypeVar, Unpack
 
 from zklb import _fork
 from zklb._aio import run_off_loop, wait_attempt
+from zklb._client import ClientHandle
 from zklb._starting import SharedStart
-from zklb._zk import ClientHandle, check_root, check_timeout
+from zklb._zk import check_root, check_timeout
 from zklb.balancer import LoadBalancer
 from zklb.discovery import ServiceWatcher
 from zklb.errors import ClosedError, RegistryError

@@ -36,11 +36,11 @@ from kazoo.protocol.states import EventType, WatchedEvent
 
 from zklb import _fork
 from zklb._changes import describe_change
+from zklb._client import ClientHandle
 from zklb._worker import ClientWorker, Job
 from zklb._zk import (
     DEFAULT_REQUEST_TIMEOUT,
     TRANSIENT_ERRORS,
-    ClientHandle,
     bounded_retry,
     check_root,
     check_service,

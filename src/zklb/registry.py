@@ -44,12 +44,12 @@ from kazoo.security import ACL
 from zklb import _fork
 from zklb._acl import Refused, create_ephemeral, registry_acl
 from zklb._aio import run_off_loop
+from zklb._client import ClientHandle
 from zklb._signals import install_shutdown
 from zklb._worker import ClientWorker, Job
 from zklb._zk import (
     DEFAULT_REQUEST_TIMEOUT,
     TRANSIENT_ERRORS,
-    ClientHandle,
     check_root,
     check_service,
     check_timeout,
