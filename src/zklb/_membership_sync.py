@@ -1,0 +1,235 @@
+"""`MembershipSync`: the engine under `zklb.discovery.ServiceWatcher` that keeps its membership in sync.
+
+Private. kazoo's watch callbacks and state listener only record *what* changed (children list, one
+child's data, the session) under a short lock and schedule a sync on the client's zklb worker thread
+(`zklb._worker`); the sync reads only what changed (`zklb._children`), asks `zklb._grace` whether to
+hold the last pool, and publishes the next snapshot (`zklb._publisher`). A sync that fails while
+connected is tried again after ``RETRY_DELAY`` (jittered); after a reconnect, after a random share of
+``resync_delay``. Each run of the watcher (one start to its stop) is a *generation*: the watches,
+job and timers of an older one do nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import threading
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import KazooException
+from kazoo.protocol.states import EventType, WatchedEvent
+
+from zklb._children import Child, ChildReader
+from zklb._grace import EmptyGrace
+from zklb._publisher import MembershipPublisher
+from zklb._worker import ClientWorker, Job
+from zklb._zk import TRANSIENT_ERRORS, drop_watches
+from zklb.codecs import Codec
+
+__all__ = ["RETRY_DELAY", "MembershipSync", "RunWatches", "WatcherState"]
+
+log = logging.getLogger("zklb.discovery")
+
+#: Seconds before a sync that failed while connected (e.g. a request timeout) is tried again.
+RETRY_DELAY = 1.0
+
+
+class WatcherState(enum.Enum):
+    """Where a watcher is in its life: new, starting, started (following a client), closed."""
+
+    NEW = "new"
+    STARTING = "starting"
+    STARTED = "started"
+    CLOSED = "closed"
+
+
+class RunWatches:
+    """The kazoo watch callbacks of one run of a watcher (from one start to its stop).
+
+    A run that stopped (a failed start, a close) may still have a sync in flight that sets watches;
+    that run's callbacks are its own objects, so taking them back can never touch the next run's.
+    """
+
+    __slots__ = ("generation", "watcher")
+
+    def __init__(self, watcher: MembershipSync, generation: int) -> None:
+        self.watcher = watcher
+        self.generation = generation
+
+    def on_children(self, event: WatchedEvent) -> None:
+        if self.generation == self.watcher._generation:
+            self.watcher._on_children(event)
+
+    def on_data(self, event: WatchedEvent) -> None:
+        if self.generation == self.watcher._generation:
+            self.watcher._on_data(event)
+
+    def drop(self, client: KazooClient, path: str) -> None:
+        drop_watches(client, path, (self.on_children, self.on_data))
+
+
+class MembershipSync:
+    """The sync state of one service path and the steps that update it, run on the client's worker."""
+
+    def __init__(
+        self,
+        service: str,
+        path: str,
+        codec: Codec,
+        *,
+        request_timeout: float,
+        resync_delay: float,
+        empty_grace: float,
+        rng: random.Random,
+    ) -> None:
+        self.service = service
+        self.path = path
+        self.codec = codec
+        self._request_timeout = request_timeout
+        self._resync_delay = resync_delay
+        self._grace = EmptyGrace(path, empty_grace)
+        self._rng = rng
+        self._client: KazooClient | None = None
+        self._worker: ClientWorker | None = None
+        self._state = WatcherState.NEW
+        # Bumped each time the watcher stops following the client: tasks of an older run do nothing.
+        self._generation = 0
+        self._watches = RunWatches(self, 0)
+        self._snapshots = MembershipPublisher(service, path)
+        self._reader = ChildReader(service, path, codec, request_timeout)
+        self._children: dict[str, Child] = {}
+        # Pending work, written by kazoo's threads and taken by the worker; guarded by _lock.
+        self._lock = threading.Lock()
+        self._children_dirty = True
+        self._rearm = False
+        self._data_dirty: set[str] = set()
+        self._job: Job | None = None  # the sync of the current run, on the client's worker
+
+    def _schedule(self, delay: float) -> None:
+        """Run a sync on the worker after ``delay`` seconds (now if 0), coalescing with one pending."""
+        job = self._job
+        if job is not None:
+            job.request(delay)
+
+    # -- kazoo callbacks: record and schedule, nothing else -------------------------------------------
+
+    def _on_state(self, state: str) -> None:
+        if state == KazooState.CONNECTED:
+            with self._lock:
+                # kazoo forgot every watch when the connection dropped: re-arm them all.
+                self._rearm = True
+                self._children_dirty = True
+            # Spread re-syncs out; the first load does not wait.
+            self._schedule(
+                self._rng.uniform(0.0, self._resync_delay) if self._snapshots.loaded.is_set() else 0.0
+            )
+
+    def _on_children(self, event: WatchedEvent) -> None:
+        if event.type == EventType.NONE or self._state is not WatcherState.STARTED:
+            return  # connection-state notice; the CONNECTED listener handles recovery
+        with self._lock:
+            self._children_dirty = True
+        self._schedule(0.0)
+
+    def _on_data(self, event: WatchedEvent) -> None:
+        if event.type == EventType.NONE or self._state is not WatcherState.STARTED:
+            return
+        with self._lock:
+            if event.path == self.path:
+                self._children_dirty = True  # the service path itself appeared or went away
+            elif event.type == EventType.CHANGED:
+                self._data_dirty.add(event.path.rsplit("/", 1)[-1])
+            else:
+                # Deleted: it may be back (same name) before the list is read; read it too, so that a
+                # re-created child is seen and watched again.
+                self._children_dirty = True
+                self._data_dirty.add(event.path.rsplit("/", 1)[-1])
+        self._schedule(0.0)
+
+    # -- the sync, on the worker thread -----------------------------------------------------------------
+
+    def _step(self, generation: int) -> None:
+        client = self._client
+        watches = self._watches
+        if generation != watches.generation or self._state is not WatcherState.STARTED or client is None:
+            return
+        if not client.connected:
+            return  # the CONNECTED listener schedules the next sync
+        with self._lock:
+            children_dirty, self._children_dirty = self._children_dirty, False
+            rearm, self._rearm = self._rearm, False
+            data_dirty, self._data_dirty = self._data_dirty, set()
+        if not (children_dirty or rearm or data_dirty):
+            return
+        try:
+            self._sync(client, watches, children_dirty or rearm, rearm, data_dirty)
+        except (KazooException, *TRANSIENT_ERRORS) as exc:
+            # Keep the work for later; the last membership stays published meanwhile.
+            log.info("membership sync of %s deferred: %r", self.path, exc)
+            with self._lock:
+                self._children_dirty = True
+                self._rearm = self._rearm or rearm
+                self._data_dirty |= data_dirty
+            if client.connected:
+                # Connected but failing (e.g. a timeout): try again shortly rather than wait forever.
+                self._schedule(RETRY_DELAY * (0.5 + self._rng.random()))
+        except Exception:  # a bug here must not stop the updates of this or any other watcher
+            log.exception("unexpected error syncing membership of %s", self.path)
+        if generation != self._generation:
+            # Stopped following while this sync ran: take back the watches it may have set.
+            watches.drop(client, self.path)
+
+    def _sync(
+        self, client: KazooClient, watches: RunWatches, list_children: bool, rearm: bool, data_dirty: set[str]
+    ) -> None:
+        known = self._children
+        changed = False
+        to_read: set[str] = set()
+        if list_children:
+            current = set(self._reader.list_children(client, watches.on_children, watches.on_data) or ())
+            removed = known.keys() - current
+            for name in removed:
+                self._reader.forget(name)
+            if removed:
+                known = {name: child for name, child in known.items() if name in current}
+                changed = True
+            to_read = current - known.keys()
+            if rearm:
+                to_read |= self._reader.moved_since_read(client, watches.on_data, known)
+        to_read |= data_dirty & known.keys()
+        if to_read:
+            known = dict(known)
+            changed |= self._reader.read(client, watches.on_data, to_read, known)
+        if watches.generation != self._generation:
+            return  # stopped following while reading: what was read belongs to no one now
+        if changed:
+            self._children = known
+        loaded = self._snapshots.loaded.is_set()
+        if not (changed or self._grace.held_since is not None or not loaded):
+            return
+        instances = tuple(c.instance for c in known.values() if c.instance is not None)
+        remaining = self._grace.hold(self._snapshots.membership.by_id, instances, loaded=loaded)
+        if remaining is not None:
+            worker = self._worker
+            if worker is not None:  # look again when the grace is over
+                generation = self._generation
+                worker.call_later(remaining, lambda: self._recheck(generation))
+            return
+        self._grace.end()
+        if self._grace.departing:
+            with self._lock:
+                self._grace.keep_departing(known)
+        self._snapshots.publish(instances)
+
+    def _expect_departure(self, instance_id: str) -> None:
+        """This process is removing ``instance_id`` on purpose: its going is not a blip to ride out."""
+        with self._lock:
+            self._grace.expect_departure(instance_id)
+
+    def _recheck(self, generation: int) -> None:
+        if generation != self._generation:
+            return
+        with self._lock:
+            self._children_dirty = True
+        self._schedule(0.0)
