@@ -33,21 +33,21 @@ except ImportError as exc:
     ) from exc
 
 import functools
-import os
 import weakref
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeAlias
 from urllib.parse import SplitResult, urlsplit
-from urllib.request import getproxies
 
 from requests.adapters import BaseAdapter
 from requests.cookies import RequestsCookieJar, extract_cookies_to_jar
-from requests.utils import select_proxy, should_bypass_proxies
+from requests.utils import select_proxy
 from urllib3.exceptions import NewConnectionError
 from urllib3.response import HTTPResponse
 from urllib3.util import Timeout
 
-from zklb._attempts import Attempts, ClientHooks, end_lease
+from zklb._attempts import Attempts, ClientHooks
+from zklb._requests_lease import ResponseLease
+from zklb._requests_proxies import proxies_for
 from zklb.balancer import Lease, LoadBalancer
 from zklb.errors import NoServerAvailable
 from zklb.instance import DEFAULT_PORTS, ServiceInstance
@@ -132,11 +132,6 @@ def _replayable(body: object) -> bool:
 def _authority(scheme: str, server: ServiceInstance, port: int) -> str:
     host = f"[{server.host}]" if ":" in server.host else server.host
     return host if DEFAULT_PORTS[scheme] == port else f"{host}:{port}"
-
-
-# The environment variables whose proxies select_proxy() can pick for an http(s) URL (urllib reads both
-# cases; requests' merge turns them into the keys "http", "https" and "all").
-_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 
 class _Route:
@@ -266,7 +261,8 @@ class LoadBalancedAdapter(HTTPAdapter):
         sent.url = url._replace(scheme=scheme, netloc=authority).geturl()
         sent.headers["Host"] = url.netloc.rpartition("@")[2] if route.preserve_host else authority
         given = options["proxies"]
-        proxies = self._proxies_for(request.url or "", sent.url, given)
+        session = None if self._session is None else self._session()
+        proxies = proxies_for(session, request.url or "", sent.url, given)
         time_left = attempts.time_left()
         if proxies is not given or time_left is not None:
             options = {**options, "proxies": proxies}
@@ -286,7 +282,7 @@ class LoadBalancedAdapter(HTTPAdapter):
             lease.report(False)
         raw = response.raw
         if isinstance(raw, HTTPResponse):
-            _RawLease.attach(raw, lease, self._leases)
+            ResponseLease.attach(raw, lease, self._leases)
         else:
             lease.release()  # not a urllib3 response (a test double): nothing to wait for
         if not options["stream"]:
@@ -294,52 +290,6 @@ class LoadBalancedAdapter(HTTPAdapter):
             # makes a connection cut mid-body count against this instance, and be retried like any other.
             response.content  # noqa: B018 - reading is the point
         return response
-
-    def _proxies_for(
-        self, logical: str, sent: str, proxies: Mapping[str, str] | None
-    ) -> Mapping[str, str] | None:
-        """The proxies requests would use for a request to ``sent``, given those it chose for ``logical``.
-
-        requests merges the environment's proxies in (``HTTP_PROXY``, ...) unless ``NO_PROXY`` exempts
-        the URL, and it decided that for the logical URL (``http://api/``). The instance's URL may be
-        exempt when the logical one is not (``NO_PROXY=10.0.0.0/8``), or the other way round, so the
-        decision is made again for it with requests' own functions. Proxies given explicitly (to the
-        call, or on the session) apply to every URL in requests, and stay; one equal to the
-        environment's own cannot be told apart from it and is taken for it.
-        """
-        session = None if self._session is None else self._session()
-        trust_env = None if session is None else session.trust_env  # None: mounted by hand, unknown
-        if trust_env is False or (trust_env is None and not proxies):
-            return proxies  # nothing from the environment in them, and none may be added
-        # The common case, cheaply (getproxies() scans the whole environment, ~50 us): no environment
-        # proxy that an http(s) URL could use. Variables in odd case (Http_Proxy) are left to requests.
-        if not any(os.environ.get(name) for name in _PROXY_VARIABLES):
-            return proxies
-        environment = getproxies()
-        no_proxy = proxies.get("no_proxy") if proxies else None
-        logical_proxied = not should_bypass_proxies(logical, no_proxy)
-        if logical_proxied == (not should_bypass_proxies(sent, no_proxy)):
-            return proxies
-        session_proxies: Mapping[str, str] = {} if session is None else session.proxies
-        if logical_proxied:  # the environment's proxies were merged in, but the instance is exempt
-            kept = {
-                k: v
-                for k, v in (proxies or {}).items()
-                if v not in (environment.get(k), environment.get("all"))
-            }
-            for key, value in session_proxies.items():  # shadowed by the environment's in requests' merge
-                kept.setdefault(key, value)
-            return kept
-        if trust_env is None:
-            # The logical URL is exempt, the instance is not: requests would proxy a request to it only
-            # if the session trusts the environment, which an adapter mounted by hand cannot see. Never
-            # add a proxy the session may not want.
-            return proxies
-        merged = dict(proxies or {})
-        for key, value in environment.items():  # as Session.request merges: over the session's own
-            if key not in merged or merged[key] == session_proxies.get(key):
-                merged[key] = value
-        return merged
 
     def _add(
         self, lb: LoadBalancer, preserve_host: bool, retry: RetryPolicy | bool | None, key: RequestKey | None
@@ -421,130 +371,3 @@ def mount(
     # Weak: the session holds the adapter; the adapter only needs to read its proxy settings.
     adapter._session = weakref.ref(session)
     return adapter
-
-
-_HOOKED = ("close", "read", "read_chunked", "release_conn")
-
-
-class _RawLease:
-    """Releases a lease when urllib3 is done with a response: body read to the end, or closed.
-
-    urllib3 calls ``self.release_conn()`` when a read reaches the end of the body (or fails) and
-    requests calls ``raw.close()`` / ``raw.release_conn()`` from ``Response.close()``. Instance
-    attributes shadow the class's methods, so these hooks see every call, urllib3's own included; they
-    call the class's implementation and are removed on release. A read that raises marks a failure;
-    a ``release_conn`` from inside a read waits for the read to end, so the failure is counted first.
-    A read cut by an interrupt, or a close while one propagates, records nothing (see `end_lease`).
-
-    A response dropped unclosed is abandoned: its lease is cancelled (no outcome, no latency) when it
-    is collected. The hook holds the response only weakly (a strong reference would make a cycle
-    that only a full collection frees, by which time urllib3 may think itself closed and never call
-    ``close``), so a response dropped outside a cycle is collected at once: io's finaliser then calls
-    ``close`` after setting ``_finalizing``, which tells it from a caller's close. If the response is
-    already gone (cleared in a cycle) or never closed, the hook's own ``__del__`` cancels the lease
-    when the response's attributes, and with them the hook, go. Nothing on these paths takes a lock.
-
-    ``holder``: the adapter's set of leases still out, which `LoadBalancedAdapter.close` ends.
-    """
-
-    __slots__ = ("_cancelled", "_holder", "_lease", "_pending", "_raw", "_reading")
-
-    def __init__(self, raw: HTTPResponse, lease: Lease, holder: set[Lease]) -> None:
-        self._raw = weakref.ref(raw)
-        self._lease = lease
-        self._holder = holder
-        self._reading = 0
-        self._pending = False
-        self._cancelled = False
-
-    @classmethod
-    def attach(cls, raw: HTTPResponse, lease: Lease, holder: set[Lease]) -> None:
-        holder.add(lease)
-        hook = cls(raw, lease, holder)
-        vars(raw).update(
-            close=hook.close, read=hook.read, read_chunked=hook.read_chunked, release_conn=hook.release_conn
-        )
-
-    def _target(self) -> HTTPResponse:
-        raw = self._raw()
-        if raw is None:  # called from a finaliser in the cycle that held it: nothing left to act on
-            self._abandon()
-            raise ValueError("I/O operation on a response that has been collected")
-        return raw
-
-    def read(self, *args: Any, **kwargs: Any) -> bytes:
-        raw = self._target()
-        self._reading += 1
-        try:
-            return type(raw).read(raw, *args, **kwargs)
-        except Exception:
-            self._lease.report(False)
-            raise
-        except BaseException:
-            # KeyboardInterrupt mid-body: urllib3 releases the connection on the way out (and with it,
-            # in _end_read, the lease), which must not count the interrupted read as a success.
-            self._cancelled = True
-            raise
-        finally:
-            self._end_read(raw)
-
-    def read_chunked(self, *args: Any, **kwargs: Any) -> Iterator[bytes]:
-        raw = self._target()
-        self._reading += 1
-        try:
-            yield from type(raw).read_chunked(raw, *args, **kwargs)
-        except Exception:
-            self._lease.report(False)
-            raise
-        except GeneratorExit:  # a reader that stops early is no failure of the server
-            raise
-        except BaseException:
-            self._cancelled = True
-            raise
-        finally:
-            self._end_read(raw)
-
-    def release_conn(self) -> None:
-        raw = self._raw()
-        if raw is None:
-            self._abandon()
-            return
-        try:
-            type(raw).release_conn(raw)
-        finally:
-            if self._reading:
-                self._pending = True
-            else:
-                self._done(raw)
-
-    def close(self) -> None:
-        raw = self._raw()
-        if raw is None:  # io's finaliser, after the collection of a cycle cleared the reference
-            self._abandon()
-            return
-        try:
-            type(raw).close(raw)
-        finally:
-            if vars(raw).get("_finalizing"):  # set by io's finaliser: the response was dropped unclosed
-                self._cancelled = True
-            self._done(raw)
-
-    def _end_read(self, raw: HTTPResponse) -> None:
-        self._reading -= 1
-        if self._pending and not self._reading:
-            self._done(raw)
-
-    def _done(self, raw: HTTPResponse) -> None:
-        attrs = vars(raw)
-        for name in _HOOKED:
-            attrs.pop(name, None)
-        self._holder.discard(self._lease)
-        end_lease(self._lease, self._cancelled)
-
-    def _abandon(self) -> None:
-        # Finaliser-safe: a set operation and Lease.cancel(), neither of which blocks.
-        self._holder.discard(self._lease)
-        self._lease.cancel()
-
-    def __del__(self) -> None:
-        self._abandon()  # released already (the usual case): does nothing
