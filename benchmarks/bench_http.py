@@ -1,41 +1,49 @@
-"""What does the balancer cost per request? A plain httpx.Client against the cost of LoadBalancedTransport.
+"""What does zklb cost per request? Each HTTP client with and without zklb, against one local server.
 
 One tiny HTTP server (its own process, so it does not compete with the client for the GIL; HTTP/1.1
-keep-alive, a canned 2-byte answer) is registered in a real single-node ZooKeeper. The same run then
-times, in interleaved rounds:
+keep-alive, a canned 2-byte answer) is registered in a real ZooKeeper. The same run then times, in
+interleaved rounds, sequential ``GET``s over one keep-alive connection from each pair of clients:
 
-- ``plain``: ``httpx.Client()`` sending ``GET http://127.0.0.1:<port>/`` straight to the server;
-- ``balanced``: ``httpx.Client(transport=LoadBalancedTransport(lb))`` sending ``GET http://bench/``;
-- ``balanced, no retry``: the same with ``retry=None``.
+- ``httpx``: ``httpx.Client()`` to ``http://127.0.0.1:<port>/``, against ``httpx + zklb``:
+  ``httpx.Client(transport=LoadBalancedTransport(lb))`` to ``http://bench/``;
+- ``httpx async``: the same with ``httpx.AsyncClient`` and ``AsyncLoadBalancedTransport``;
+- ``requests``: ``requests.Session()``, against ``requests + zklb``: a session with
+  ``zklb.requests.mount(session, lb)``.
 
 The server answers in microseconds, so the numbers are the client side's. Run::
 
     python benchmarks/bench_http.py [--requests 3000] [--rounds 7]
 
-Prints requests per second (median of the rounds) and the overhead against ``plain``: the extra time per
-request, paired round by round, median over the rounds (target: <= 5%).
+Prints requests per second (median of the rounds) and each zklb client's overhead against the same
+client without zklb: the extra time per request, paired round by round, median over the rounds
+(target: <= 5%). ``report.py`` puts the same figures in the benchmark report (``scenario_transport``).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import asyncio
 import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 
 import httpx
+import requests
 
+import zklb.requests
 from zklb.balancer import LoadBalancer
-from zklb.httpx import LoadBalancedTransport
+from zklb.httpx import AsyncLoadBalancedTransport, LoadBalancedTransport
 from zklb.testing import ZooKeeperEnsemble
 
 SERVICE = "bench"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+# Each client without zklb, then the same client with it: the pairs the overhead is computed on.
+PAIRS = (("httpx", "httpx + zklb"), ("httpx async", "httpx async + zklb"), ("requests", "requests + zklb"))
 
 
 def serve() -> None:
@@ -58,14 +66,88 @@ def serve() -> None:
         threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
 
-def rate(send: Callable[[], httpx.Response], count: int) -> float:
-    """Requests per second over ``count`` sequential requests."""
-    start = time.perf_counter()
-    for _ in range(count):
-        response = send()
-        if response.status_code != 200:
-            raise RuntimeError(f"unexpected status {response.status_code}")
-    return count / (time.perf_counter() - start)
+@contextmanager
+def backend() -> Iterator[int]:
+    """The server of `serve` in a child process; yields its port."""
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert server.stdout is not None
+        yield int(server.stdout.readline())
+    finally:
+        server.terminate()
+        server.wait(10)
+        if server.stdout is not None:
+            server.stdout.close()
+
+
+def check(status: int) -> None:
+    if status != 200:
+        raise RuntimeError(f"unexpected status {status}")
+
+
+def senders(port: int, lb: LoadBalancer, stack: ExitStack) -> dict[str, Callable[[int], float]]:
+    """Each client of `PAIRS`, as a function of a request count giving requests per second."""
+    direct, balanced = f"http://127.0.0.1:{port}/", f"http://{lb.service}/"
+    loop = asyncio.new_event_loop()  # one loop for every round: the async clients' pools live in it
+    stack.callback(loop.close)
+
+    def sync(client: httpx.Client | requests.Session, url: str) -> Callable[[int], float]:
+        stack.callback(client.close)
+
+        def timed(count: int) -> float:
+            start = time.perf_counter()
+            for _ in range(count):
+                check(client.get(url).status_code)
+            return count / (time.perf_counter() - start)
+
+        return timed
+
+    def asynchronous(client: httpx.AsyncClient, url: str) -> Callable[[int], float]:
+        stack.callback(lambda: loop.run_until_complete(client.aclose()))
+
+        async def send(count: int) -> float:
+            start = time.perf_counter()
+            for _ in range(count):
+                check((await client.get(url)).status_code)
+            return count / (time.perf_counter() - start)
+
+        return lambda count: loop.run_until_complete(send(count))
+
+    mounted = requests.Session()
+    zklb.requests.mount(mounted, lb)
+    return {
+        "httpx": sync(httpx.Client(), direct),
+        "httpx + zklb": sync(httpx.Client(transport=LoadBalancedTransport(lb)), balanced),
+        "httpx async": asynchronous(httpx.AsyncClient(), direct),
+        "httpx async + zklb": asynchronous(
+            httpx.AsyncClient(transport=AsyncLoadBalancedTransport(lb)), balanced
+        ),
+        "requests": sync(requests.Session(), direct),
+        "requests + zklb": sync(mounted, balanced),
+    }
+
+
+def measure(port: int, lb: LoadBalancer, count: int, rounds: int) -> dict[str, list[float]]:
+    """Requests/s of every client, one figure per interleaved round."""
+    with ExitStack() as stack:
+        clients = senders(port, lb, stack)
+        for timed in clients.values():  # warm up: connections open, code paths hot
+            timed(min(200, count))
+        results: dict[str, list[float]] = {name: [] for name in clients}
+        names = list(clients)
+        for i in range(rounds):
+            # Rotate the order so that no client always runs first (or last) in a round.
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                results[name].append(clients[name](count))
+    return results
+
+
+def overhead(plain: list[float], balanced: list[float]) -> float:
+    """Extra time per request relative to ``plain``, paired round by round (the two ran back to back,
+    so a slower spell of the machine affects both), median over the rounds."""
+    return statistics.median(p / r - 1 for p, r in zip(plain, balanced, strict=True))
 
 
 def main() -> None:
@@ -79,60 +161,20 @@ def main() -> None:
     if args.serve:
         serve()
         return
-
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+    with backend() as port, ZooKeeperEnsemble(size=1) as zk, LoadBalancer(zk.hosts, SERVICE) as lb:
+        lb.add_server(f"http://127.0.0.1:{port}")
+        results = measure(port, lb, args.requests, args.rounds)
+    print(
+        f"{args.requests} sequential GETs x {args.rounds} interleaved rounds, one keep-alive connection each"
     )
-    try:
-        assert server.stdout is not None
-        port = int(server.stdout.readline())
-        with ZooKeeperEnsemble(size=1) as zk, LoadBalancer(zk.hosts, SERVICE) as lb:  # started on entry
-            lb.add_server(f"http://127.0.0.1:{port}")
-            run(port, lb, args.requests, args.rounds)
-    finally:
-        server.terminate()
-        server.wait(10)
-        if server.stdout is not None:
-            server.stdout.close()
-
-
-def run(port: int, lb: LoadBalancer, count: int, rounds: int) -> None:
-    """Time the three clients in interleaved rounds and print the medians."""
-    clients = {
-        "plain": (httpx.Client(), f"http://127.0.0.1:{port}/"),
-        "balanced": (httpx.Client(transport=LoadBalancedTransport(lb)), f"http://{SERVICE}/"),
-        "balanced, no retry": (
-            httpx.Client(transport=LoadBalancedTransport(lb, retry=None)),
-            f"http://{SERVICE}/",
-        ),
-    }
-    results: dict[str, list[float]] = {name: [] for name in clients}
-    try:
-        for client, url in clients.values():  # warm up: connections open, code paths hot
-            rate(functools.partial(client.get, url), 200)
-        names = list(clients)
-        for i in range(rounds):
-            # Rotate the order so that no client always runs first (or last) in a round.
-            for name in names[i % len(names) :] + names[: i % len(names)]:
-                client, url = clients[name]
-                results[name].append(rate(functools.partial(client.get, url), count))
-    finally:
-        for client, _ in clients.values():
-            client.close()
-
-    print(f"{count} sequential GETs x {rounds} interleaved rounds, one keep-alive connection each")
     print(f"{'client':<20} {'median req/s':>12} {'min':>9} {'max':>9} {'overhead':>9}")
-    plain = results["plain"]
-    for name, rates in results.items():
-        # Overhead = extra time per request relative to plain, paired round by round (the two ran
-        # back to back, so a slower spell of the machine affects both) and then the median taken.
-        overhead = statistics.median(p / r - 1 for p, r in zip(plain, rates, strict=True))
-        print(
-            f"{name:<20} {statistics.median(rates):>12.0f} {min(rates):>9.0f} {max(rates):>9.0f} "
-            f"{overhead:>+9.1%}"
-        )
-    extra = statistics.median(1 / r - 1 / p for p, r in zip(plain, results["balanced"], strict=True))
-    print(f"balanced spends {extra * 1e6:.1f} us more per request than plain (median of rounds)")
+    for plain, balanced in PAIRS:
+        for name in (plain, balanced):
+            rates = results[name]
+            print(
+                f"{name:<20} {statistics.median(rates):>12.0f} {min(rates):>9.0f} {max(rates):>9.0f} "
+                f"{overhead(results[plain], rates):>+9.1%}"
+            )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from pathlib import Path
 from kazoo.client import KazooClient
 from report_model import Report
 from scenario_churn import churn
+from scenario_fanout import fanout
+from scenario_transport import transport_overhead
 from scenarios_local import hot_path, memory, stats_stall, threads
 from scenarios_zk import initial_load, one_change
 
@@ -140,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
         "calls per burst": 200 if smoke else 500,
         "interleaved rounds": 3 if smoke else 120,
         "changes": 6 if smoke else 30,
+        "fan-out clients/instances/changes": "3/5/2" if smoke else "200/100/10",
+        "HTTP GETs per client per round x rounds": "50x2" if smoke else "2000x9",
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,22 +154,32 @@ def main(argv: list[str] | None = None) -> None:
     memory(report, sizes[-1])
     rates = threads(report, sizes[0], 0.05 if smoke else 0.5, 1 if smoke else 3)
 
-    def zookeeper(hosts: str) -> None:
+    def zookeeper(hosts: str, ensemble: ZooKeeperEnsemble | None) -> None:
         writer = KazooClient(hosts=hosts, timeout=30)
         writer.start(timeout=30)
         try:
             initial_load(report, hosts, writer, n)
             one_change(report, hosts, writer, n, 6 if smoke else 30)
             churn(report, hosts, writer, n, rate=20 if smoke else 100, seconds=1 if smoke else 30)
+            fanout(
+                report,
+                hosts,
+                writer,
+                clients=3 if smoke else 200,
+                n=5 if smoke else 100,
+                changes=2 if smoke else 10,
+                ensemble=ensemble,
+            )
+            transport_overhead(report, hosts, 50 if smoke else 2000, 2 if smoke else 9)
         finally:
             writer.stop()
             writer.close()
 
     if args.hosts:
-        zookeeper(args.hosts)
+        zookeeper(args.hosts, None)  # no member to restart: the fan-out's storm is left out
     else:
         with ZooKeeperEnsemble(size=3) as ensemble:
-            zookeeper(ensemble.hosts)
+            zookeeper(ensemble.hosts, ensemble)
     plot(report, out, curves, rates)
     print(f"\nwritten: {write_markdown(report, out, argv if argv is not None else sys.argv[1:])}")
 

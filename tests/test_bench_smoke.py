@@ -10,6 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from kazoo.client import KazooClient
+
+from zklb.testing import ZooKeeperEnsemble
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -32,8 +37,33 @@ def test_every_benchmark_scenario_runs_at_tiny_sizes(zk_hosts: str, tmp_path: Pa
         "initial load",
         "one change among",
         "churn",
+        "fan-out",
+        "transport",
     )
     for scenario in scenarios:
         assert f"| {scenario}" in written, scenario
     assert "baseline A" in written and "baseline B" in written
     assert "Machine:" in written and "Command:" in written
+
+
+def test_fan_out_reconnect_storm_runs_at_tiny_sizes(
+    healthy_ensemble: ZooKeeperEnsemble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The storm restarts a member, which the report run above (given ``--hosts``) cannot do."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from report_model import Report  # noqa: PLC0415 (benchmarks/ is not a package)
+    from scenario_fanout import READERS, fanout  # noqa: PLC0415
+
+    report = Report()
+    writer = KazooClient(hosts=healthy_ensemble.hosts, timeout=30)
+    writer.start(timeout=30)
+    try:
+        fanout(report, healthy_ensemble.hosts, writer, clients=2, n=3, changes=2, ensemble=healthy_ensemble)
+    finally:
+        writer.stop()
+        writer.close()
+    storms = [row for row in report.rows if "storm" in row.measure]
+    assert len(storms) == len(READERS)
+    for row in storms:
+        assert row.value.endswith("2/2"), row  # every client reconnected to another member
+        assert "NOT intact" not in row.measure, row
