@@ -37,10 +37,11 @@ class PeakEwma:
     """Latency-aware power of two choices on a peak-sensitive moving average of latency.
 
     ``decay``: seconds over which the average forgets (Finagle's ``decayTime``); ``default_rtt``: the
-    cost, in seconds, of an instance without samples yet. Latency comes from lease outcomes and
-    ``lb.report(server, success=..., latency=...)``. Cost: O(n) to build, O(1) per pick (no clock, no
-    exponential), O(1) per sample. State: a cost, a sample time and an in-flight count per instance,
-    carried over to the next membership for instances that stay.
+    cost, in seconds, of an instance without samples yet; one that joins a pool already measured starts
+    at the lowest cost there, if lower, so that it is tried at once rather than starved. Latency comes
+    from lease outcomes and ``lb.report(server, success=..., latency=...)``. Cost: O(n) to build, O(1)
+    per pick (no clock, no exponential), O(1) per sample. State: a cost, a sample time and an in-flight
+    count per instance, carried over to the next membership for instances that stay.
     """
 
     name: ClassVar[str] = "peak_ewma"
@@ -111,10 +112,20 @@ class PeakEwmaPicker(InFlightCounts):
         self._costs = [settings.default_rtt] * len(instances)
         self._stamps = [now] * len(instances)
         if previous is not None:
+            newcomers = []
             for i, inst in enumerate(instances):
                 if (j := previous._index.get(inst.id)) is not None:
                     self._costs[i] = previous.cost(j, now)
                     self._stamps[i] = previous._stamps[j]
+                else:
+                    newcomers.append(i)
+            if newcomers and len(newcomers) < len(instances):
+                # A newcomer at default_rtt beside instances whose cost fell to 1 ms would lose every
+                # comparison, so no sample could ever correct its guess (its cost decays no faster than
+                # theirs): it starts as good as the best instead, and its first answers set its cost.
+                start = min(self._costs)  # newcomers hold default_rtt: never above it
+                for i in newcomers:
+                    self._costs[i] = start
 
     def cost(self, i: int, now: float) -> float:
         """Instance ``i``'s cost (seconds of latency, before load) at clock time ``now``."""
