@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeAlias
@@ -143,11 +144,16 @@ def connect(hosts: str, timeout: float) -> Iterator[KazooClient]:
     except ValueError as exc:  # kazoo's parse of a malformed connection string
         raise CliError(f"bad --hosts {hosts!r}: {exc}", EXIT_UNREACHABLE) from None
     try:
-        client.start(timeout=timeout)
-    except Exception:
-        # kazoo's own timeout error, or a host name that does not resolve: either way not reached.
-        _stop(client)
-        raise CliError(f"ZooKeeper at {hosts} not reachable within {timeout:g} s", EXIT_UNREACHABLE) from None
+        # Not kazoo's start(timeout): on a timeout it stops the client inline, and against a ZooKeeper
+        # that accepts connections and never answers (hung, frozen, black-holed) that stop waits out the
+        # whole session timeout, long after --timeout.
+        reached = client.start_async().wait(timeout) and client.connected
+    except Exception:  # a host name that does not resolve: not reached either
+        reached = False
+    if not reached:
+        # kazoo's threads are daemons: the process may exit while this stop is still waiting.
+        threading.Thread(target=_stop, args=(client,), name="zklb-cli-stop", daemon=True).start()
+        raise CliError(f"ZooKeeper at {hosts} not reachable within {timeout:g} s", EXIT_UNREACHABLE)
     try:
         yield client
     finally:
