@@ -115,9 +115,12 @@ class EntryReconciler:
             if path is None:
                 if not self._desired.still_desired(registration):
                     return
-                found = self._find_uncreated(registration, data)
+                found = self._find_uncreated(registration)
                 if found is None:
-                    registration._uncertain = session  # from here until the create answers
+                    # From here until the create answers: it may land unseen, holding ``data``.
+                    uncertain = registration._uncertain
+                    sent = uncertain[1] if uncertain is not None and uncertain[0] == session else frozenset()
+                    registration._uncertain = (session, sent | {data})
                     found = create_ephemeral(
                         client, registration.prefix, data, self._acl, timeout, sequence=True
                     )
@@ -150,18 +153,20 @@ class EntryReconciler:
             pass
         return False
 
-    def _find_uncreated(self, registration: Registration, data: bytes) -> str | None:
-        """The znode an uncertain create of ``registration`` made in this session, if it landed."""
-        if registration._uncertain != self.session:
+    def _find_uncreated(self, registration: Registration) -> str | None:
+        """The znode an uncertain create of ``registration`` made in this session, if it landed (with
+        the data of its time, which may have changed since: the pass brings it up to date after)."""
+        uncertain = registration._uncertain
+        if uncertain is None or uncertain[0] != self.session:
             return None
         held = self._desired.held_paths()
-        for path in self._session_znodes(registration.prefix, data):
+        for path in self._session_znodes(registration.prefix, uncertain[1]):
             if path not in held:
                 return path
         return None
 
-    def _session_znodes(self, prefix: str, data: bytes) -> list[str]:
-        """The znodes named ``prefix<sequence>`` that this session owns and that hold ``data``."""
+    def _session_znodes(self, prefix: str, data: frozenset[bytes]) -> list[str]:
+        """The znodes named ``prefix<sequence>`` that this session owns and that hold one of ``data``."""
         client, timeout = self.client, self._timeout
         parent, _, stem = prefix.rpartition("/")
         try:
@@ -176,11 +181,11 @@ class EntryReconciler:
                 current, stat = result.get(timeout=timeout)
             except NoNodeError:
                 continue
-            if stat.ephemeralOwner == self.session and current == data:
+            if stat.ephemeralOwner == self.session and current in data:
                 found.append(path)
         return found
 
-    def sweep_orphans(self, prefix: str, data: bytes) -> None:
+    def sweep_orphans(self, prefix: str, data: frozenset[bytes]) -> None:
         """Delete the znodes a given-up sequential registration's lost create may have made."""
         held = self._desired.held_paths()
         for path in self._session_znodes(prefix, data):

@@ -40,7 +40,7 @@ MAX_BACKOFF = 5.0
 
 #: A sequential registration given up while a create of its may have landed unseen: (znode name
 #: prefix, data, session); a pass deletes that session's znodes with that data nobody holds.
-Orphan = tuple[str, bytes, int]
+Orphan = tuple[str, frozenset[bytes], int]  # prefix, data its lost creates sent, session
 
 
 class Reconciler:
@@ -85,8 +85,8 @@ class Reconciler:
         if registration._path is not None:
             self._tombstones[path] = session
         uncertain = registration._uncertain
-        if uncertain is not None and uncertain == session:
-            self._orphans.append((registration.prefix, registration._data, uncertain))
+        if uncertain is not None and uncertain[0] == session:
+            self._orphans.append((registration.prefix, uncertain[1], session))
         worker = self._worker
         if worker is not None:  # the key names no znode: nothing in ZooKeeper waits on it
             worker.release(registration.key, self)

@@ -74,7 +74,9 @@ class Registration:
                 instance = dataclasses.replace(instance, id=self._seen_id(name, instance))
         self._instance = instance
         # The session in which a create of this (sequential) registration may have landed unseen.
-        self._uncertain: int | None = None
+        # (session, data) of each sequential create whose answer was lost: it may have landed, holding
+        # the data of that moment (an update() or drain() since does not change the lost znode's data).
+        self._uncertain: tuple[int, frozenset[bytes]] | None = None
         self._state = _State.OPEN
         # (session id, data) last confirmed in ZooKeeper by a reconcile pass; None: not confirmed.
         self._applied: tuple[int, bytes] | None = None
