@@ -25,7 +25,10 @@ log = logging.getLogger("zklb.discovery")
 
 
 class EmptyGrace:
-    """The hold of one service's last pool (``path`` names it in the log); ``grace`` 0: never hold."""
+    """The hold of one service's last pool (``path`` names it in the log); ``grace`` 0: never hold.
+
+    Not thread-safe: its owner serialises the calls (``departing`` changes on two threads).
+    """
 
     def __init__(self, path: str, grace: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path

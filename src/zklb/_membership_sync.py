@@ -209,7 +209,8 @@ class MembershipSync:
         if not (changed or self._grace.held_since is not None or not loaded):
             return
         instances = tuple(c.instance for c in known.values() if c.instance is not None)
-        remaining = self._grace.hold(self._snapshots.membership.by_id, instances, loaded=loaded)
+        with self._lock:  # hold() may take ids out of `departing`, which a balancer's thread adds to
+            remaining = self._grace.hold(self._snapshots.membership.by_id, instances, loaded=loaded)
         if remaining is not None:
             worker = self._worker
             if worker is not None:  # look again when the grace is over
