@@ -6,6 +6,7 @@ import json
 import random
 import subprocess
 import sys
+from bisect import bisect_left
 from collections import Counter
 from pathlib import Path
 
@@ -165,3 +166,18 @@ def test_without_a_key_it_picks_at_random() -> None:
 def test_other_strategies_ignore_the_key() -> None:
     lb = LoadBalancer.static([f"http://127.0.0.1:{8000 + k}" for k in range(3)], strategy="round_robin")
     assert sorted(lb.get_server(key="same").port for _ in range(3)) == [8000, 8001, 8002]
+
+
+@pytest.mark.parametrize("per_weight", [1, 3, 100])
+def test_a_key_goes_to_the_first_point_at_or_after_it_wrapping_past_the_last(per_weight: int) -> None:
+    # The bucketed lookup against a plain binary search over the whole ring; with one point per
+    # instance, most keys fall past the last point and must wrap to the first.
+    picker = ConsistentHash(points_per_weight=per_weight).build(uniform(7))
+    assert isinstance(picker, ConsistentHashPicker)
+    points = list(picker._points)
+    wrapped = 0
+    for key in KEYS[:5000]:
+        i = bisect_left(points, key_position(key))
+        wrapped += i == len(points)
+        assert picker.pick_key(key) is picker._owners[i % len(points)]
+    assert wrapped > 0 or per_weight == 100  # 700 points: a key past the last is rare

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.strategies.conftest import membership, uniform
 
-from zklb import ConfigurationError, LeastRequest, LoadBalancer
+from zklb import ConfigurationError, LeastRequest, LoadBalancer, PeakEwma
 from zklb.strategies import Strategy
 from zklb.strategies.least_request import LeastRequestPicker
 from zklb.strategies.random import RandomChoice
@@ -105,3 +105,14 @@ def test_its_peak_in_flight_count_is_lower_than_randoms_on_the_same_load(seed: i
 def test_one_instance() -> None:
     picker = LeastRequest().build(uniform(1))
     assert picker.pick().id == "i0"
+
+
+@pytest.mark.parametrize("strategy", [LeastRequest(rng=random.Random(11)), PeakEwma(rng=random.Random(12))])
+def test_the_two_choices_are_an_ordered_pair_drawn_uniformly(strategy: Strategy) -> None:
+    # Both come from one random draw: with five loads all different, the less loaded of a uniform
+    # distinct pair is the k-th least loaded with chance 2 (4 - k) / 20 (k = 0..4).
+    picker = strategy.build(membership({f"i{k}": 1 for k in range(5)}))
+    picker.seed({f"i{k}": k for k in range(5)})
+    counts = Counter(picker.pick().id for _ in range(20_000))
+    for k in range(5):
+        assert counts[f"i{k}"] / 20_000 == pytest.approx(2 * (4 - k) / 20, abs=0.015)

@@ -136,8 +136,9 @@ class PeakEwmaPicker(InFlightCounts):
         size = self._size
         if size == 1:
             return self._instances[0]
-        a = int(self._random() * size)
-        b = int(self._random() * (size - 1))
+        u = self._random() * size
+        a = int(u)
+        b = int((u - a) * (size - 1))  # one draw for both, as in LeastRequestPicker._pick_two
         if b >= a:
             b += 1
         # _better(a, b), written out: the call is a sizeable part of this pick's cost.
