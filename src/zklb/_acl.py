@@ -9,7 +9,7 @@ znode lets create and delete.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import InvalidACLError, NoAuthError, NoNodeError
@@ -106,9 +106,14 @@ def create_ephemeral(
     timeout: float,
     *,
     sequence: bool = False,
-) -> str:
+    wanted: Callable[[], bool] = lambda: True,
+) -> str | None:
     """Create the ephemeral znode ``path`` with ``acl``, and the parents it lacks with the same ACL;
     returns the path created (with ``sequence``, ``path`` is a prefix ZooKeeper appends a number to).
+
+    ``wanted()`` is asked right before each create request is sent: if it says no (the registration
+    was given up while an earlier request here waited), nothing is created and None is returned. So
+    no create leaves after a give-up; kazoo's ``makepath`` chain would send its second create anyway.
 
     First, what no retry can mend is refused (`Refused`, with what to do): a chroot that does not
     exist (zklb creates nothing above the root it was given: a mistyped chroot must not quietly start
@@ -129,16 +134,26 @@ def create_ephemeral(
             pass  # created below, with ``acl``
         else:
             check_parent(parent, parent_acl, acl)
+
+    def create() -> str | None:
+        if not wanted():
+            return None
+        created: str = client.create_async(path, data, acl=acl, ephemeral=True, sequence=sequence).get(
+            timeout=timeout
+        )
+        return created
+
     try:
-        created: str = client.create_async(
-            path, data, acl=acl, ephemeral=True, sequence=sequence, makepath=True
-        ).get(timeout=timeout)
+        try:
+            return create()
+        except NoNodeError:  # the parents first (with ``acl``), then the create again if still wanted
+            client.ensure_path_async(parent, acl=acl).get(timeout=timeout)
+        return create()
     except (NoAuthError, InvalidACLError) as exc:
         raise Refused(
             f"ZooKeeper refused to create {path} ({type(exc).__name__}): this client's identity may not "
             f"create children of {parent} (or, with an 'auth' ACL, has no identity to give it)"
         ) from exc
-    return created
 
 
 def _grants_world(acls: Sequence[ACL], perms: int) -> bool:

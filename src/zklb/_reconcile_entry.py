@@ -14,6 +14,7 @@ A znode on our path owned by another live session is never touched: `Conflict`, 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Protocol
@@ -88,8 +89,10 @@ class EntryReconciler:
             except NoNodeError:
                 if not self._desired.still_desired(registration):
                     return  # given up or closed while this pass was waiting: create nothing
+                wanted = functools.partial(self._desired.still_desired, registration)
                 try:
-                    create_ephemeral(client, path, data, self._acl, timeout)
+                    if create_ephemeral(client, path, data, self._acl, timeout, wanted=wanted) is None:
+                        return  # given up while a request before the create waited: create nothing
                     self._conflicts.pop(path, None)
                     continue  # read it back: that arms the watch on our own znode
                 except NodeExistsError:
@@ -121,9 +124,12 @@ class EntryReconciler:
                     uncertain = registration._uncertain
                     sent = uncertain[1] if uncertain is not None and uncertain[0] == session else frozenset()
                     registration._uncertain = (session, sent | {data})
+                    wanted = functools.partial(self._desired.still_desired, registration)
                     found = create_ephemeral(
-                        client, registration.prefix, data, self._acl, timeout, sequence=True
+                        client, registration.prefix, data, self._acl, timeout, sequence=True, wanted=wanted
                     )
+                    if found is None:
+                        return  # given up while a request before the create waited
                 registration._created(found)
                 if self._desired.created_unwanted(registration, found, session):
                     return  # given up while it was being created: tombstoned

@@ -9,6 +9,7 @@ outage shorter than its timeout, so a znode that disappears was deleted, not exp
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
@@ -222,6 +224,25 @@ def test_a_znode_of_our_id_owned_by_another_live_session_is_never_deleted(
         registry.close()
 
 
+def _thread_states(pid: int) -> list[str]:
+    states = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        # A thread that just ended has no stat any more.
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/stat", encoding="ascii") as stat:
+            states.append(stat.read().rpartition(")")[2].split()[0])
+    return states
+
+
+def freeze(pid: int) -> None:
+    """SIGSTOP ``pid`` and return once every thread of it is stopped.
+
+    kill() only queues the stop: the JVM's threads go on (and answer requests) until one of them is
+    scheduled and stops the rest, which on a loaded machine can come after the next request arrives.
+    """
+    os.kill(pid, signal.SIGSTOP)
+    wait_until(lambda: set(_thread_states(pid)) == {"T"}, 10, f"every thread of {pid} stopped")
+
+
 def test_a_register_that_gave_up_while_zookeeper_was_frozen_never_shows_its_znode(service: str) -> None:
     # ZooKeeper frozen (SIGSTOP): the connection stays up, requests just get no answer. register()
     # gives up while a reconcile pass waits on a read; when ZooKeeper thaws, that pass must not go on
@@ -238,7 +259,7 @@ def test_a_register_that_gave_up_while_zookeeper_was_frozen_never_shows_its_znod
         observer.exists(f"/services/{service}/gave-up", watch=lambda event: created.append(event.type))
         try:
             with ServiceWatcher(frozen_zk.hosts, service) as watcher, Registry(client) as registry:
-                os.kill(member.pid, signal.SIGSTOP)
+                freeze(member.pid)  # not just kill(): a read answered before the stop leads to a create
                 try:
                     with pytest.raises(RegistryError):
                         registry.register(service, "http://10.0.0.1:80", id="gave-up", timeout=1.0)
@@ -250,6 +271,52 @@ def test_a_register_that_gave_up_while_zookeeper_was_frozen_never_shows_its_znod
                 assert watcher.wait_for(lambda m: "later" in m.by_id, 10)
                 client.sync(f"/services/{service}")
                 assert client.exists(f"/services/{service}/gave-up") is None
+                observer.sync(f"/services/{service}")
+                assert created == []
+        finally:
+            for kazoo_client in (client, observer):
+                kazoo_client.stop()
+                kazoo_client.close()
+
+
+def test_a_register_that_gave_up_while_its_parent_was_being_made_never_shows_its_znode(
+    service: str,
+) -> None:
+    # The create finds no service znode: the parents are made, then the create is sent again. ZooKeeper
+    # freezes just as the parents are asked for; register() gives up; after the thaw, the second
+    # create must not go (kazoo's makepath chain sent it whatever became of the registration).
+    with ZooKeeperEnsemble(size=1) as frozen_zk:
+        member = frozen_zk.members[0]
+        assert member.pid is not None
+        pid = member.pid
+        client = KazooClient(hosts=frozen_zk.hosts, timeout=30.0)
+        client.start(timeout=30)
+        observer = KazooClient(hosts=frozen_zk.hosts, timeout=30.0)
+        observer.start(timeout=30)
+        created: list[str] = []
+        path = f"/services/{service}/gave-up"
+        observer.exists(path, watch=lambda event: created.append(event.type))
+        ensure_path_async = client.ensure_path_async
+        frozen: list[bool] = []
+
+        def freeze_first(*args: Any, **kwargs: Any) -> Any:  # kazoo's own chain calls it too
+            if not frozen:
+                frozen.append(True)
+                freeze(pid)
+            return ensure_path_async(*args, **kwargs)
+
+        client.ensure_path_async = freeze_first
+        try:
+            with Registry(client) as registry:
+                try:
+                    with pytest.raises(RegistryError):
+                        registry.register(service, "http://10.0.0.1:80", id="gave-up", timeout=1.0)
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                assert frozen, "the registration never asked for its parents"
+                registry.register(service, "http://10.0.0.2:80", id="later")  # passes run one at a time
+                client.sync(f"/services/{service}")
+                assert client.exists(path) is None
                 observer.sync(f"/services/{service}")
                 assert created == []
         finally:
