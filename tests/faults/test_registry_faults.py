@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -243,40 +243,51 @@ def freeze(pid: int) -> None:
     wait_until(lambda: set(_thread_states(pid)) == {"T"}, 10, f"every thread of {pid} stopped")
 
 
-def test_a_register_that_gave_up_while_zookeeper_was_frozen_never_shows_its_znode(service: str) -> None:
-    # ZooKeeper frozen (SIGSTOP): the connection stays up, requests just get no answer. register()
-    # gives up while a reconcile pass waits on a read; when ZooKeeper thaws, that pass must not go on
-    # to create the znode it was about to create (other balancers would serve it, however briefly).
+@contextlib.contextmanager
+def gave_up_watched(service: str) -> Iterator[tuple[ZooKeeperEnsemble, int, KazooClient]]:
+    """A standalone ZooKeeper to freeze (and its pid) and a client for the registry; on the way out,
+    checks that no znode ``/services/<service>/gave-up`` was ever created, with an exists watch set
+    before: it fires on the create itself, however soon the znode is deleted again."""
     with ZooKeeperEnsemble(size=1) as frozen_zk:
-        member = frozen_zk.members[0]
-        assert member.pid is not None
+        pid = frozen_zk.members[0].pid
+        assert pid is not None
         client = KazooClient(hosts=frozen_zk.hosts, timeout=30.0)
         client.start(timeout=30)
         observer = KazooClient(hosts=frozen_zk.hosts, timeout=30.0)
         observer.start(timeout=30)
         created: list[str] = []
-        # An exists watch fires on the create itself, however soon the znode is deleted again.
         observer.exists(f"/services/{service}/gave-up", watch=lambda event: created.append(event.type))
         try:
-            with ServiceWatcher(frozen_zk.hosts, service) as watcher, Registry(client) as registry:
-                freeze(member.pid)  # not just kill(): a read answered before the stop leads to a create
-                try:
-                    with pytest.raises(RegistryError):
-                        registry.register(service, "http://10.0.0.1:80", id="gave-up", timeout=1.0)
-                finally:
-                    os.kill(member.pid, signal.SIGCONT)
-                # Passes run one at a time: once a later registration is confirmed, the one that was
-                # waiting on the frozen read has finished.
-                registry.register(service, "http://10.0.0.2:80", id="later")
-                assert watcher.wait_for(lambda m: "later" in m.by_id, 10)
-                client.sync(f"/services/{service}")
-                assert client.exists(f"/services/{service}/gave-up") is None
-                observer.sync(f"/services/{service}")
-                assert created == []
+            yield frozen_zk, pid, client
+            client.sync(f"/services/{service}")
+            assert client.exists(f"/services/{service}/gave-up") is None
+            observer.sync(f"/services/{service}")
+            assert created == []
         finally:
             for kazoo_client in (client, observer):
                 kazoo_client.stop()
                 kazoo_client.close()
+
+
+def test_a_register_that_gave_up_while_zookeeper_was_frozen_never_shows_its_znode(service: str) -> None:
+    # ZooKeeper frozen (SIGSTOP): the connection stays up, requests just get no answer. register()
+    # gives up while a reconcile pass waits on a read; when ZooKeeper thaws, that pass must not go on
+    # to create the znode it was about to create (other balancers would serve it, however briefly).
+    with (
+        gave_up_watched(service) as (frozen_zk, pid, client),
+        ServiceWatcher(frozen_zk.hosts, service) as watcher,
+        Registry(client) as registry,
+    ):
+        freeze(pid)  # not just kill(): a read answered before the stop leads to a create
+        try:
+            with pytest.raises(RegistryError):
+                registry.register(service, "http://10.0.0.1:80", id="gave-up", timeout=1.0)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # Passes run one at a time: once a later registration is confirmed, the one that was
+        # waiting on the frozen read has finished.
+        registry.register(service, "http://10.0.0.2:80", id="later")
+        assert watcher.wait_for(lambda m: "later" in m.by_id, 10)
 
 
 def test_a_register_that_gave_up_while_its_parent_was_being_made_never_shows_its_znode(
@@ -285,17 +296,7 @@ def test_a_register_that_gave_up_while_its_parent_was_being_made_never_shows_its
     # The create finds no service znode: the parents are made, then the create is sent again. ZooKeeper
     # freezes just as the parents are asked for; register() gives up; after the thaw, the second
     # create must not go (kazoo's makepath chain sent it whatever became of the registration).
-    with ZooKeeperEnsemble(size=1) as frozen_zk:
-        member = frozen_zk.members[0]
-        assert member.pid is not None
-        pid = member.pid
-        client = KazooClient(hosts=frozen_zk.hosts, timeout=30.0)
-        client.start(timeout=30)
-        observer = KazooClient(hosts=frozen_zk.hosts, timeout=30.0)
-        observer.start(timeout=30)
-        created: list[str] = []
-        path = f"/services/{service}/gave-up"
-        observer.exists(path, watch=lambda event: created.append(event.type))
+    with gave_up_watched(service) as (_, pid, client):
         ensure_path_async = client.ensure_path_async
         frozen: list[bool] = []
 
@@ -306,23 +307,14 @@ def test_a_register_that_gave_up_while_its_parent_was_being_made_never_shows_its
             return ensure_path_async(*args, **kwargs)
 
         client.ensure_path_async = freeze_first
-        try:
-            with Registry(client) as registry:
-                try:
-                    with pytest.raises(RegistryError):
-                        registry.register(service, "http://10.0.0.1:80", id="gave-up", timeout=1.0)
-                finally:
-                    os.kill(pid, signal.SIGCONT)
-                assert frozen, "the registration never asked for its parents"
-                registry.register(service, "http://10.0.0.2:80", id="later")  # passes run one at a time
-                client.sync(f"/services/{service}")
-                assert client.exists(path) is None
-                observer.sync(f"/services/{service}")
-                assert created == []
-        finally:
-            for kazoo_client in (client, observer):
-                kazoo_client.stop()
-                kazoo_client.close()
+        with Registry(client) as registry:
+            try:
+                with pytest.raises(RegistryError):
+                    registry.register(service, "http://10.0.0.1:80", id="gave-up", timeout=1.0)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert frozen, "the registration never asked for its parents"
+            registry.register(service, "http://10.0.0.2:80", id="later")  # passes run one at a time
 
 
 def test_a_registration_deleted_by_someone_else_is_put_back(zk: KazooClient, service: str) -> None:
