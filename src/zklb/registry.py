@@ -141,7 +141,8 @@ class Registry(Reconciler):
         are served too (Curator's ``sslPort``; a ServerSet ``https`` endpoint). Returns once the
         ephemeral znode is in ZooKeeper. A bad URL or weight raises `InvalidInstance`
         and writes nothing; if ZooKeeper does not confirm within ``timeout`` seconds (default: the
-        request timeout), `RegistryError`, and no znode for it appears later.
+        request timeout), `RegistryError`: no create is sent for it after that, and one already on its
+        way (ZooKeeper answers a session's requests in order) is deleted once answered.
         """
         check_service(service)
         timeout = self._request_timeout if timeout is None else check_timeout("timeout", timeout)
