@@ -12,6 +12,7 @@ thread): one that finds it held is queued and applied by the next holder, before
 from __future__ import annotations
 
 import logging
+from time import perf_counter
 
 from zklb._pool_skips import PoolSkips
 from zklb._pool_state import Release
@@ -106,7 +107,14 @@ class PoolOutcomes(PoolSkips):
         if not record or self._slots.get(key) is not slot:
             return None  # nothing to record, or the instance left the pool while the request ran
         next(slot.requests)
-        if success:
+        if (
+            success
+            and slot.consecutive_failures
+            and latency is not None
+            and (perf_counter() - latency < slot.streak_began)
+        ):
+            pass  # sent before these failures began: it says nothing of the server since (StatsRecorder)
+        elif success:
             slot.consecutive_failures = 0
             health = self._health
             if health is not None and key in health.probation:
@@ -114,6 +122,8 @@ class PoolOutcomes(PoolSkips):
             slot.attention = False
         else:
             slot.failures += 1
+            if not slot.consecutive_failures:
+                slot.streak_began = perf_counter()
             slot.consecutive_failures += 1
             slot.attention = True
             health = self._health

@@ -40,7 +40,9 @@ class StatsRecorder:
     latency average is a plain read-modify-write: a sample lost to a race leaves a moving average
     as useful as before. ``failures``, ``consecutive_failures`` and ``attention`` change only under
     the pool's lock; ``attention`` is True while a success must take that lock (failures in a row
-    to reset, or a probation to end), so an ordinary success checks one flag.
+    to reset, or a probation to end), so an ordinary success checks one flag. A success of a request
+    sent before the current failures in a row began resets nothing: it answers for the server as it
+    was, not as it is (a slow answer recorded after a crash's first failures must not delay ejection).
     """
 
     __slots__ = (
@@ -52,6 +54,7 @@ class StatsRecorder:
         "latency_ewma",
         "requests",
         "started",
+        "streak_began",
     )
 
     def __init__(self) -> None:
@@ -64,6 +67,7 @@ class StatsRecorder:
         self.requests = count()
         self.failures = 0
         self.consecutive_failures = 0
+        self.streak_began = 0.0  # perf_counter() at the first of the current failures in a row
         self.attention = False
         self.latency_ewma: float | None = None
         self.last_latency: float | None = None

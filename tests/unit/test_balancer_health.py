@@ -609,3 +609,26 @@ def test_ejection_and_return_are_logged(caplog: pytest.LogCaptureFixture) -> Non
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert len(infos) == 1
     assert "instance a back from ejection, on probation" in infos[0]
+
+
+def test_a_success_of_a_request_sent_before_the_failures_began_does_not_reset_them() -> None:
+    # A backend dies with slow requests in flight: one of them answered just before the crash, but its
+    # success is recorded after the first failures. Resetting the streak there delayed the ejection, and
+    # the extra failed attempts could exhaust the retry budget (a lost GET in the killed-backend test).
+    lb = balancer(pool("a", "b", "c"), FakeClock())
+    a = lb.membership.by_id["a"]
+    fail(lb, "a", 4)
+    lb.report(a, success=True, latency=3600.0)  # sent an hour ago: before these failures
+    assert lb.stats()["a"].consecutive_failures == 4
+    fail(lb, "a", 1)
+    assert lb.stats()["a"].ejected
+
+
+def test_a_success_of_a_request_sent_after_the_failures_began_resets_them() -> None:
+    lb = balancer(pool("a", "b", "c"), FakeClock())
+    a = lb.membership.by_id["a"]
+    fail(lb, "a", 4)
+    lb.report(a, success=True, latency=0.0)  # sent just now: the server answers again
+    assert lb.stats()["a"].consecutive_failures == 0
+    fail(lb, "a", 1)
+    assert not lb.stats()["a"].ejected
