@@ -130,7 +130,7 @@ class ServiceWatcher(MembershipSync):
         request timeout); the watcher is then left as if never started (no thread, listener or watch
         of it remains) and ``start()`` may be called again.
         """
-        timeout = self._request_timeout if timeout is None else timeout
+        timeout = self._request_timeout if timeout is None else check_timeout("timeout", timeout)
         with self._state_lock:
             if self._state is WatcherState.CLOSED:
                 raise ClosedError(f"watcher of {self.path} is closed")

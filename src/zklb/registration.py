@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from zklb._aio import run_off_loop
-from zklb._zk import join_path
+from zklb._zk import check_timeout, join_path
 from zklb.codecs import Codec, is_sequential, service_path, znode_name
 from zklb.errors import ClosedError, ForkError
 from zklb.instance import ServiceInstance, check_weight
@@ -157,6 +157,8 @@ class Registration:
         metadata: Callable[[Mapping[str, str]], Mapping[str, str]],
         timeout: float | None,
     ) -> bool:
+        if timeout is not None:  # before anything changes: a bad argument changes nothing
+            check_timeout("timeout", timeout, zero=True)
         self._set(weight, metadata)
         return self._registry._apply(self, timeout)
 
@@ -192,6 +194,7 @@ class Registration:
         In the child of a fork, a registration made before it is the parent's: closing it there only
         closes the handle, and the parent's znode stays.
         """
+        check_timeout("drain", drain, zero=True)
         if self.closed:
             return
         if self._parents:

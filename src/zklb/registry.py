@@ -220,7 +220,7 @@ class Registry(Reconciler):
         An owned client is stopped, which ends its session and so removes every znode at once. On a
         borrowed client the deletes are made now if ZooKeeper answers in time, else on reconnect.
         """
-        timeout = self._request_timeout if timeout is None else timeout
+        timeout = self._request_timeout if timeout is None else check_timeout("timeout", timeout, zero=True)
         with self._cond:
             if self._closed:
                 return
@@ -315,7 +315,7 @@ class Registry(Reconciler):
 
     def _apply(self, registration: Registration, timeout: float | None) -> bool:
         """Have a pass write ``registration``'s new data; True once ZooKeeper holds it."""
-        timeout = self._request_timeout if timeout is None else timeout
+        timeout = self._request_timeout if timeout is None else timeout  # checked by Registration._change
         if self._worker is None:
             return False
         self._schedule(0.0)
