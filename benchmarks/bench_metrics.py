@@ -16,12 +16,11 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import threading
 
 from bench_pick import acquire_release
 from prometheus_client import CollectorRegistry, generate_latest
-from timing import best_ns_per_call
+from timing import best_ns_per_call, calls_and_repeats
 
 from zklb import LoadBalancer, ServiceInstance
 from zklb.prometheus import ZklbCollector
@@ -87,12 +86,7 @@ def measure(calls: int, repeats: int) -> tuple[dict[str, dict[str, float]], int]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="fewer calls and repeats")
-    args = parser.parse_args()
-    calls, repeats = (50_000, 3) if args.quick else (200_000, 7)
+    calls, repeats = calls_and_repeats(__doc__, full=(200_000, 7), quick=(50_000, 3))
     results, scrapes = measure(calls, repeats)
     print(f"{'call':<12}{'setting':<12}{'ns/call':>10}{'vs none':>9}")
     for name in ("get_server", "acquire"):

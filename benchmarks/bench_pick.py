@@ -12,7 +12,6 @@ without a ZooKeeper to start (the watcher only ever swaps the snapshot these cal
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import random
 import time
@@ -20,7 +19,7 @@ import tracemalloc
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from timing import Bare, best_ns_per_call
+from timing import Bare, best_ns_per_call, calls_and_repeats
 
 from zklb import LoadBalancer, ServiceInstance, SlowStart
 
@@ -113,12 +112,7 @@ def slow_start(calls: int, repeats: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="fewer calls and repeats")
-    args = parser.parse_args()
-    calls, repeats = (50_000, 3) if args.quick else (200_000, 7)
+    calls, repeats = calls_and_repeats(__doc__, full=(200_000, 7), quick=(50_000, 3))
 
     print(f"{'call':<38}{'n':>7}{'ns/call':>10}{'ratio':>8}{'target':>8}")
     for n in (10, 1_000, 10_000):

@@ -10,10 +10,9 @@ pool grows mean no per-request scan. Best of several repeats, garbage collector 
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
-from timing import best_ns_per_call
+from timing import best_ns_per_call, calls_and_repeats
 
 from zklb import LoadBalancer, ServiceInstance
 
@@ -44,12 +43,7 @@ def acquire_release(lb: LoadBalancer, tls: bool) -> Callable[[], None]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="fewer calls and repeats")
-    args = parser.parse_args()
-    calls, repeats = (20_000, 3) if args.quick else (100_000, 5)
+    calls, repeats = calls_and_repeats(__doc__, full=(100_000, 5), quick=(20_000, 3))
 
     print(f"{'strategy':<20}{'n':>7}{'TLS share':>11}{'acquire() ns':>14}{'tls=True ns':>13}{'ratio':>8}")
     for name in STRATEGIES:

@@ -1,7 +1,8 @@
-"""What the pick benchmarks share: the yardstick method and a best-of-N timer."""
+"""What the pick benchmarks share: the yardstick method, a best-of-N timer and the ``--quick`` switch."""
 
 from __future__ import annotations
 
+import argparse
 import gc
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +22,13 @@ class Bare:
         self.i = i + 1
         s = self.servers
         return s[i % len(s)]
+
+
+def calls_and_repeats(doc: str | None, *, full: tuple[int, int], quick: tuple[int, int]) -> tuple[int, int]:
+    """Parse the command line (``--quick``: fewer calls and repeats); ``(calls, repeats)`` to time with."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer calls and repeats")
+    return quick if parser.parse_args().quick else full
 
 
 def best_ns_per_call(fn: Callable[[], object], calls: int, repeats: int) -> float:
