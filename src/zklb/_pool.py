@@ -152,11 +152,7 @@ class Pool(PoolInstall):
             if server is None:
                 server = choose(picker, avoid)
                 if ramping and ramp is not None and server is not None:
-                    now = self._clock()
-                    if now >= ramp.next_at:
-                        ramp.tick(now, len(self._membership))
-                        if not ramp.ramping:
-                            self._refresh_locked()  # the last ramp ended: the bare pick function again
+                    self._step_ramp_locked(ramp)
                     server = thin(ramp, server, lambda: choose(picker, avoid))
                 if server is None and skipped:
                     # Every instance not tried is ejected or draining: better one of them than no retry.
@@ -199,6 +195,7 @@ class Pool(PoolInstall):
                 server = choose(tls, avoid)
                 ramp = self._ramp
                 if ramp is not None and ramp.ramping and server is not None:
+                    self._step_ramp_locked(ramp)
                     server = thin(ramp, server, lambda: choose(tls, avoid))
                 if server is None and skipped:
                     server = choose(tls, ids)  # every TLS instance not tried is skipped: better one of them

@@ -145,6 +145,16 @@ class PoolSkips(PoolState):
             self._phantom = {}
         return self._picker
 
+    def _step_ramp_locked(self, ramp: Ramp) -> None:
+        """Move the slow-start ramps on if a step is due (lock held): every path that thins picks does,
+        or ramps followed only by that path would stay at their first factor. After the last step, the
+        bare pick function again."""
+        now = self._clock()
+        if now >= ramp.next_at:
+            ramp.tick(now, len(self._membership))
+            if not ramp.ramping:
+                self._refresh_locked()
+
     def _pick_ramping(self) -> ServiceInstance:
         """The pick function while some instance is in slow start: the usual pick, thinned (inline:
         this runs on every pick while any instance ramps)."""

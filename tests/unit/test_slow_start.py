@@ -127,3 +127,40 @@ def test_thinning_gives_each_ramping_instance_its_weight_times_its_factor() -> N
     for key, factor in (("i0", 0.8), ("i1", 0.6), ("i2", 0.2)):
         assert admitted[key] / total == pytest.approx(factor / 1.6, abs=0.015)
     assert total > 30_000 * 1.6 / 3 * 0.95  # drawn again only as often as the bound requires
+
+
+def test_https_picks_move_the_ramp_on_too() -> None:
+    # A service called only over https picks through the TLS picker of a mixed pool: those picks must
+    # step the ramps as the others do, else an instance back from ejection stays at its first factor.
+    clock = FakeClock()
+    servers = [
+        ServiceInstance(id=f"i{k}", host="127.0.0.1", port=8000 + k, ssl_port=9000 + k) for k in range(4)
+    ]
+    plain = ServiceInstance(id="plain", host="127.0.0.1", port=8100)
+    lb = LoadBalancer.static(
+        [*servers, plain],
+        strategy="round_robin",
+        health=HealthPolicy(consecutive_failures=1, base_ejection_time=10.0, max_ejection_percent=50.0),
+        clock=clock,
+        slow_start=SlowStart(window=30.0, min_weight_percent=10.0),
+    )
+    lb.report(servers[0], success=False)
+    clock.advance(10.0)  # it comes back, at 10 % of its weight
+
+    def https_shares(picks: int) -> Counter[int]:
+        seen: Counter[int] = Counter()
+        for _ in range(picks):
+            with lb.acquire(tls=True) as server:
+                seen[server.port] += 1
+        return seen
+
+    picks = 20_000
+    for elapsed, factor in ((0.0, 0.1), (15.0, 0.5)):
+        seen = https_shares(picks)
+        assert seen[8100] == 0  # never the plain instance
+        expected = picks * factor / (3 + factor)
+        assert abs(seen[8000] - expected) < 0.15 * expected + 100, (elapsed, seen)
+        clock.advance(15.0)
+    clock.advance(0.5)  # past the window: full weight
+    seen = https_shares(picks)
+    assert abs(seen[8000] - picks / 4) < 0.1 * picks / 4, seen
