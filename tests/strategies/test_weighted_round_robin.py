@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 import tracemalloc
+from bisect import bisect_right
 from collections import Counter
 from functools import reduce
+from itertools import accumulate
 from math import gcd
 
 import pytest
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from zklb.instance import ServiceInstance
 from zklb.membership import Membership
 from zklb.strategies import Picker, WeightedRoundRobin
-from zklb.strategies.weighted import WeightedRoundRobinPicker, nginx_schedule
+from zklb.strategies.weighted import WeightedRoundRobinPicker, _golden_stride, nginx_schedule
 
 weight_lists = st.lists(st.integers(min_value=1, max_value=12), min_size=1, max_size=8)
 
@@ -230,3 +232,22 @@ def test_pick_excluding_falls_back_to_weighted_choice_among_the_rest(options: di
 def test_empty_membership_is_refused() -> None:
     with pytest.raises(ValueError, match="empty"):
         WeightedRoundRobinPicker(Membership(service="svc"))
+
+
+@given(
+    weights=st.lists(st.integers(min_value=1, max_value=5_000), min_size=2, max_size=40),
+    aligned=st.booleans(),
+)
+@settings(max_examples=60)
+def test_streamed_picks_own_the_golden_stride_positions(weights: list[int], aligned: bool) -> None:
+    if aligned:
+        # Boundaries on bucket starts (buckets of 128 or 256 here): every bucket has one owner.
+        weights = [(1 + w % 15) * 256 for w in weights] + [1]
+    small = reduced(weights)
+    assume(len(set(small)) > 1)
+    picker = picker_for(weights, schedule_limit=1)
+    total = sum(small)
+    stride = _golden_stride(total)
+    ends = list(accumulate(small))
+    for k in range(min(3 * total, 4_000)):
+        assert int(picker.pick().id[1:]) == bisect_right(ends, k * stride % total)
