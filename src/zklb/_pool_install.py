@@ -59,7 +59,7 @@ class PoolInstall(PoolOutcomes):
         take = None
         if picker is not None and tracking:
             take = getattr(picker, "acquire_pick", None) or functools.partial(pick_and_count, picker)
-        with self._lock:
+        with self._exclusive():  # seeded from the counters while no request can start or end
             if self._is_closed():  # re-read: close() may have run while the picker was built
                 return
             self._whole, self._preferred = picker, preferred_picker
@@ -68,8 +68,8 @@ class PoolInstall(PoolOutcomes):
                 self._ramp.follow(membership.instances, self._clock(), first)
             if tracking:
                 assert picker is not None
-                # Exact: a load-tracking picker's counts change only under this lock. O(n), the one
-                # place the lock is held that long (a rebuild of a least-connections pool).
+                # Exact: a load-tracking picker's counts change only with their ownership. O(n), the one
+                # place they are held that long (a rebuild of a least-connections pool).
                 picker.seed({key: slot.in_flight() for key, slot in slots.items()})
             mirror = tls_picker if tls_picker is not picker and tls_picker is not None else None
             if mirror is not None and mirror.tracks_load:
@@ -106,7 +106,9 @@ class PoolInstall(PoolOutcomes):
         left = old.keys() - keys
         for key in left:
             del slots[key]
-        for key in keys - old.keys():
+        # Newcomers in id order, the order picks visit them in: at 10,000 instances, counters allocated
+        # in set order made every round-robin acquire() a few cache misses dearer (measured: +30 %).
+        for key in sorted(keys - old.keys()):
             slot = gone.get(key)
             if slot is None:
                 slot = StatsRecorder()

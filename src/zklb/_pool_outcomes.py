@@ -1,12 +1,14 @@
 """`PoolOutcomes`: ending requests and recording their outcomes, lock-free where it can be.
 
 ``acquire()`` and a lease's release count on the instance's `StatsRecorder` with lock-free counters, and
-record a success there without a lock too. Only a picker that tracks load (least connections) makes
-them take the short lock, around its own update; so do failures and successes that end a probation or
-a run of failures (health decisions are serialised, and may eject an instance).
+record a success there without a lock too. A picker that tracks load (least connections) is updated
+by the owner of its counts (see `zklb._pool`), without the lock. Failures and successes that end a
+probation or a run of failures take the lock (health decisions are serialised, and may eject an
+instance), and the ownership too.
 
-A release never waits for the lock (it may run from a finaliser inside a locked section of its own
-thread): one that finds it held is queued and applied by the next holder, before any count is read.
+A release never waits for the lock or the ownership (it may run from a finaliser inside a locked
+section of its own thread): one that finds either taken is queued and applied by the next holder,
+before any count is read.
 """
 
 from __future__ import annotations
@@ -35,15 +37,17 @@ class PoolOutcomes(PoolSkips):
     def _finish(
         self, slot: StatsRecorder, server: ServiceInstance, success: bool, latency: float | None
     ) -> None:
-        """End a lease (once). A success without news for health takes no lock, or, with a picker that
-        tracks load, only a try of the lock around the picker's update (see `StatsRecorder`)."""
+        """End a lease (once). A success without news for health takes no lock; with a picker that
+        tracks load, a try of the ownership of its counts around its update (see `zklb._pool`)."""
         if not success or latency is None or slot.attention:
             self._release((server, slot, success, latency, True, latency is not None))
             return
-        if not self._lock_free:  # a load-tracking picker: its counts change under the lock
-            lock = self._lock
-            if not lock.acquire(False):
-                self._release((server, slot, success, latency, True, True))  # queues it
+        if not self._lock_free:  # a load-tracking picker: its counts change only with their ownership
+            owner = self._owner
+            try:
+                owner.pop()
+            except IndexError:  # owned elsewhere (or further up this thread): never wait, queue it
+                self._release((server, slot, success, latency, True, True))
                 return
             try:
                 next(slot.finished)
@@ -54,7 +58,7 @@ class PoolOutcomes(PoolSkips):
                 if mirror is not None and server.id in self._tls_ids:
                     mirror.released(server, True, latency)
             finally:
-                lock.release()
+                owner.append(True)
             if self._deferred and not self._draining_now:
                 self._drain()
         else:
@@ -82,9 +86,18 @@ class PoolOutcomes(PoolSkips):
             self._deferred.append(item)
             self._fast = False
             return
+        owner = self._owner
+        try:
+            owner.pop()  # the picker's counts too (see PoolState._exclusive), without waiting either
+        except IndexError:
+            self._deferred.append(item)
+            self._fast = False
+            lock.release()
+            return
         try:
             notice = self._apply_locked(item)
         finally:
+            owner.append(True)
             lock.release()
         if self._deferred and not self._draining_now:
             self._drain()

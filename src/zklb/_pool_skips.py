@@ -54,7 +54,7 @@ class PoolSkips(PoolState):
         health = self._health
         if health is None or health.next_return > health.now():
             return
-        with self._lock:
+        with self._exclusive():  # (a refresh may hand phantom requests back to the picker)
             back = health.expire()
             for key in back:
                 slot = self._slots.get(key)
@@ -162,7 +162,7 @@ class PoolSkips(PoolState):
         assert ramp is not None
         now = self._clock()
         if now >= ramp.next_at:
-            with self._lock:  # the next step of the ramps; after the last, the bare pick function again
+            with self._exclusive():  # the next step of the ramps; after the last, the bare pick function
                 if now >= ramp.next_at:
                     ramp.tick(now, len(self._membership))
                     self._refresh_locked()

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import enum
 import threading
+import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 from zklb.errors import ClosedError, NoServerAvailable
 from zklb.health import Connection, HealthPolicy, OutlierDetector
@@ -29,6 +31,9 @@ __all__ = ["DEFAULT_HEALTH", "PoolState", "Release", "State"]
 
 #: The passive health a balancer has unless told otherwise.
 DEFAULT_HEALTH = HealthPolicy()
+
+#: Seconds `PoolState._exclusive` waits at most for the hot path to give a picker's counts back.
+_OWNER_WAIT = 10.0
 
 #: A request's end or outcome, as `PoolOutcomes._release` takes it (and queues it when it cannot lock):
 #: ``(server, slot, success, latency, counted, record)``.
@@ -65,6 +70,7 @@ class PoolState:
         "_lock",
         "_lock_free",
         "_membership",
+        "_owner",
         "_panic",
         "_phantom",
         "_pick",
@@ -124,7 +130,12 @@ class PoolState:
         # Notified after each swap, for wait_for(); never taken on the hot path.
         self._installed = threading.Condition(threading.Lock())
         self._picker: Picker | None = None
-        # A load-tracking picker's pick-and-count (run under the lock), or None: counting is lock-free.
+        # Ownership of a load-tracking picker's counts (and of the pool counters that go with them): a
+        # one-item list, taken with pop() and given back with append(), two atomic C calls under the
+        # GIL. The hot path takes it without the lock and never waits for it (see zklb._pool); a locked
+        # section that changes those counts takes it too, after the lock (`_own`).
+        self._owner: list[bool] = [True]
+        # A load-tracking picker's pick-and-count (run by the owner), or None: counting is lock-free.
         self._acquire_pick: Callable[[], ServiceInstance] | None = None
         self._lock_free = True  # no load-tracking picker: a lease's success needs no lock (lease.py)
         # The counters of each instance in the membership (swapped with it), and of instances that left
@@ -155,6 +166,37 @@ class PoolState:
         self._pick_base: Callable[[], ServiceInstance] = self._empty  # what _pick_ramping thins
         # A keyed picker's pick_key while nothing is skipped (get_server(key=)'s fast path), else None.
         self._keyed: Callable[[HashKey], ServiceInstance | None] | None = None
+
+    # -- ownership of a load-tracking picker's counts ------------------------------------------------
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The lock, and ownership of the picker's counts: for locked sections that change them.
+
+        Waits for a hot-path owner to give the counts back: it holds them for a few hundred
+        nanoseconds and waits for nothing, so a few yields of the GIL let it finish. Never used by what
+        a finaliser can run (a release), which tries both and queues itself when either is taken.
+        """
+        with self._lock:
+            owner = self._owner
+            deadline = 0.0
+            while True:
+                try:
+                    owner.pop()
+                    break
+                except IndexError:
+                    # Bounded: the owner cannot wait for us, so only a bug (an owner that never gives
+                    # the counts back) would run into this.
+                    now = time.monotonic()
+                    if not deadline:
+                        deadline = now + _OWNER_WAIT
+                    elif now > deadline:
+                        raise RuntimeError(f"{self.service}: counts held for {_OWNER_WAIT} s") from None
+                    time.sleep(0)
+            try:
+                yield
+            finally:
+                owner.append(True)
 
     # -- life cycle ------------------------------------------------------------------------------
 

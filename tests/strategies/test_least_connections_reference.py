@@ -71,7 +71,8 @@ def test_a_balancer_agrees_with_the_reference_under_concurrent_operations(
         lb = LoadBalancer.static(members.instances, strategy="least_connections", health=None)
     reference = ReferenceLeastConnectionsPicker(members)
     # Each operation and the reference's update and check happen as one step; what races them is the
-    # balancer's own concurrency: lock-free picks, and pool_stats() holding the lock (releases queue).
+    # balancer's own concurrency: lock-free picks, pool_stats() and locked sections holding the lock,
+    # and sections that own the picker's counts (a hot-path acquire then waits, a release queues).
     turn = threading.Lock()
     stop = threading.Event()
     wrong: list[str] = []
@@ -104,7 +105,9 @@ def test_a_balancer_agrees_with_the_reference_under_concurrent_operations(
                     wrong.append("a pick outside the snapshot")
                 lb.pool_stats()
                 with lb._lock:  # as any locked section does, now and then at the worst moment
-                    time.sleep(0)  # let the others run meanwhile: their releases find the lock held
+                    time.sleep(0)  # let the others run meanwhile: the hot path goes on without the lock
+                with lb._exclusive():  # as a locked section that changes counts does: hot path owners
+                    time.sleep(0)  # meanwhile fall back (acquire waits for it, a release is queued)
         except BaseException as exc:
             errors.append(exc)
 

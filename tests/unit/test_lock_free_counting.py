@@ -6,13 +6,16 @@
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 
 import pytest
 
 from zklb import LoadBalancer, Membership, ServiceInstance
 from zklb.stats import StatsRecorder
+from zklb.strategies.least_connections import LeastConnectionsPicker
 
 SERVERS = [f"http://10.0.0.{i}:80" for i in range(1, 21)]
 
@@ -119,3 +122,111 @@ def test_statistics_of_an_instance_that_rejoins_start_afresh() -> None:
     lb._install(Membership(members.service, members.version + 1, members.instances[1:]))
     lb._install(Membership(members.service, members.version + 2, members.instances))
     assert lb.stats()[gone.id].requests == 0
+
+
+def test_least_connections_acquire_and_release_never_wait_for_the_lock() -> None:
+    lb = LoadBalancer.static(SERVERS[:4], strategy="least_connections")
+    done: list[str] = []
+
+    def requests() -> None:
+        for _ in range(200):
+            with lb.acquire():
+                pass
+        held = [lb.acquire() for _ in range(4)]
+        done.extend(lease.server.id for lease in held)  # least loaded each time: the four, once each
+        for lease in held:
+            lease.release()
+
+    with lb._lock:  # as stats(), health's decisions or a membership swap hold it
+        worker = threading.Thread(target=requests)
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive(), "the hot path waited for the pool's lock"
+        assert not lb._deferred  # and nothing was queued: the releases were applied at once
+    assert sorted(done) == sorted(lb.membership.by_id)
+    stats = lb.stats()
+    assert sum(s.requests for s in stats.values()) == 204
+    assert all(s.in_flight == 0 for s in stats.values())
+
+
+def test_while_the_counts_are_owned_elsewhere_releases_queue_and_acquire_waits() -> None:
+    lb = LoadBalancer.static(SERVERS[:3], strategy="least_connections")
+    others = [lb.acquire(), lb.acquire()]
+    first = lb.acquire()  # one request on each of the three
+    got: list[str] = []
+    with lb._exclusive():  # as a locked section that changes counts (or a hot-path owner) does
+        first.release()  # returns at once: queued, the lock being held
+        assert len(lb._deferred) == 1
+        waiter = threading.Thread(target=lambda: got.append(lb.acquire().server.id))
+        waiter.start()
+        waiter.join(0.2)
+        assert waiter.is_alive() and not got  # it needs the counts: it waits for them, bounded
+    waiter.join(10)
+    assert not waiter.is_alive()
+    # The queued release was applied before that pick: the only idle instance was taken.
+    assert got == [first.server.id] and not lb._deferred
+    assert {k: s.in_flight for k, s in lb.stats().items()} == dict.fromkeys(lb.membership.by_id, 1)
+    for lease in others:
+        lease.release()
+
+
+def test_least_connections_counts_converge_with_threads_racing_owners_and_picker_swaps() -> None:
+    servers = SERVERS[:6]
+    lb = LoadBalancer.static(servers, strategy="least_connections", health=None)
+    members = lb.membership
+    threads, per_thread = 6, 1_500
+    barrier = threading.Barrier(threads + 1)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            barrier.wait(10)
+            held = []
+            for i in range(per_thread):
+                held.append(lb.acquire())
+                if len(held) > 1 + k % 3 or i % 5 == 0:
+                    lease = held.pop(0)
+                    lease.release(i % 11 != 0)  # a failure now and then: the locked path
+            for lease in held:
+                lease.release()
+        except BaseException as exc:
+            errors.append(exc)
+
+    def disturb() -> None:
+        barrier.wait(10)
+        version = members.version
+        while not stop.is_set():
+            version += 1  # a new snapshot of the same instances: the picker is rebuilt and re-seeded
+            lb._install(Membership(members.service, version, members.instances))
+            with lb._exclusive():
+                time.sleep(0)  # owners elsewhere: hot-path acquires wait, releases queue
+            lb.stats()
+
+    disturber = threading.Thread(target=disturb)
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        disturber.start()
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join(60)
+            assert not t.is_alive()
+    finally:
+        stop.set()
+        disturber.join(30)
+        sys.setswitchinterval(switch)
+    assert not errors, errors[:3]
+    stats = lb.stats()  # applies what is still queued
+    assert all(s.in_flight == 0 for s in stats.values())
+    assert sum(s.requests for s in stats.values()) == threads * per_thread
+    picker = lb._picker
+    assert isinstance(picker, LeastConnectionsPicker)
+    assert all(picker.in_flight(key) == 0 for key in members.by_id)  # the picker agrees: no drift
+    # No instance lost from the rotation, and sequential picks are least loaded: one each, then again.
+    held = [lb.acquire() for _ in range(2 * len(servers))]
+    assert sorted(lease.server.id for lease in held) == sorted(2 * list(members.by_id))
+    for lease in held:
+        lease.release()

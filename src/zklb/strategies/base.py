@@ -10,8 +10,9 @@ Threading rules every picker follows (the balancer relies on them):
 - ``pick()`` and ``pick_excluding()`` run concurrently from many threads with **no lock** held: they do
   no I/O, never block, never raise because of a concurrent update, and only ever return members of the
   snapshot they were built from.
-- ``seed()``, ``acquired()``, ``released()`` are serialised by the balancer (it holds a short lock), but
-  may run at the same time as ``pick()`` calls in other threads.
+- ``seed()``, ``acquired()``, ``released()`` are serialised by the balancer (one thread at a time owns
+  the counts, for a few hundred nanoseconds), but may run at the same time as ``pick()`` calls in
+  other threads.
 - No kazoo, no httpx, no clocks: everything a picker needs arrives through these methods.
 """
 

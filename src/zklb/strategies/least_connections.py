@@ -62,8 +62,9 @@ class LeastConnections:
 class LeastConnectionsPicker(LevelStructure):
     """Least-loaded picking for one snapshot, over a `LevelStructure` (``zklb.strategies._levels``).
 
-    ``acquire_pick()`` is the fused "pick and count one more request" that the balancer calls under
-    its lock instead of ``pick()`` + ``acquired()``; ``acquired()`` stays for other callers.
+    ``acquire_pick()`` is the fused "pick and count one more request" that the balancer calls instead
+    of ``pick()`` + ``acquired()`` (one thread at a time: the owner of the counts, see ``zklb._pool``);
+    ``acquired()`` stays for other callers.
     ``LeastConnectionsPicker(membership)`` gives the counts-based variant when the weights' common
     multiple exceeds 2**1024 (see the module docstring).
 
