@@ -23,6 +23,7 @@ from kazoo.protocol.states import EventType, WatchedEvent
 from zklb._children import Child, ChildReader
 from zklb._grace import EmptyGrace
 from zklb._publisher import MembershipPublisher
+from zklb._rewatch import Rewatcher, WatchSet
 from zklb._worker import ClientWorker, Job
 from zklb._zk import TRANSIENT_ERRORS, drop_watches
 from zklb.codecs import Codec
@@ -105,6 +106,9 @@ class MembershipSync:
         self._rearm = False
         self._data_dirty: set[str] = set()
         self._job: Job | None = None  # the sync of the current run, on the client's worker
+        # Re-arms this run's watches with SetWatches after a reconnect (None: kazoo not as expected).
+        self._rewatcher: Rewatcher | None = None
+        self._watch_set: WatchSet | None = None
 
     def _schedule(self, delay: float) -> None:
         """Run a sync on the worker after ``delay`` seconds (now if 0), coalescing with one pending."""
@@ -116,14 +120,47 @@ class MembershipSync:
 
     def _on_state(self, state: str) -> None:
         if state == KazooState.CONNECTED:
-            with self._lock:
-                # kazoo forgot every watch when the connection dropped: re-arm them all.
-                self._rearm = True
-                self._children_dirty = True
-            # Spread re-syncs out; the first load does not wait.
-            self._schedule(
-                self._rng.uniform(0.0, self._resync_delay) if self._snapshots.loaded.is_set() else 0.0
+            rewatcher, watch_set = self._rewatcher, self._watch_set
+            if rewatcher is not None and watch_set is not None and rewatcher.resumed(watch_set):
+                # Same session: SetWatches re-arms every watch and the server's events say what changed
+                # meanwhile. Only work left pending by a sync the drop interrupted remains to be done.
+                self._schedule(self._rng.uniform(0.0, self._resync_delay))
+                return
+            self._resync_all()
+
+    def _resync_all(self) -> None:
+        with self._lock:
+            # kazoo forgot every watch when the connection dropped: re-arm them all.
+            self._rearm = True
+            self._children_dirty = True
+        # Spread re-syncs out; the first load does not wait.
+        self._schedule(self._rng.uniform(0.0, self._resync_delay) if self._snapshots.loaded.is_set() else 0.0)
+
+    def _rewatch_failed(self, generation: int) -> None:
+        """The SetWatches that re-armed this run's watches failed: re-read everything, as without it."""
+        if generation == self._generation and self._state is WatcherState.STARTED:
+            self._resync_all()
+
+    def _join_rewatch(self, client: KazooClient, worker: ClientWorker, generation: int) -> None:
+        """Have the client's `Rewatcher` re-arm this run's watches after each reconnect of the session."""
+        rewatcher = Rewatcher.attach(client, worker)
+        if rewatcher is not None:
+            watches = self._watches
+            watch_set = WatchSet(
+                watches.on_children, watches.on_data, self.path, lambda: self._rewatch_failed(generation)
             )
+            rewatcher.add(watch_set)
+            self._watch_set = watch_set
+        self._rewatcher = rewatcher
+
+    def _leave_rewatch(self) -> None:
+        """Undo `_join_rewatch` (before the run's callbacks are taken back from the client)."""
+        rewatcher, watch_set = self._rewatcher, self._watch_set
+        self._rewatcher = self._watch_set = None
+        if rewatcher is not None:
+            if watch_set is not None:
+                rewatcher.remove(watch_set)
+            rewatcher.detach()
 
     def _on_children(self, event: WatchedEvent) -> None:
         if event.type == EventType.NONE or self._state is not WatcherState.STARTED:

@@ -7,10 +7,12 @@ Rules of this module:
   (`zklb._worker`), shared by every watcher on that client; all reads happen there.
 - A change costs reads for the changed znodes only: the children list (one read) when children come or
   go, then one pipelined ``get_async`` per added child or per child whose data watch fired.
-- kazoo drops every watch when the connection drops. After any reconnect the watcher waits a random
-  delay in ``[0, resync_delay]`` (so that a fleet of clients does not hit the ensemble in one burst),
-  then re-arms them with one pipelined ``exists`` per known child and re-reads only the children whose
-  ``mzxid`` moved.
+- kazoo drops every watch when the connection drops. When the same session comes back, one
+  ``SetWatches`` per client re-arms them and the server fires what changed meanwhile
+  (`zklb._rewatch`): O(1) requests, not one per instance. After a new session (or if that request
+  fails) the watcher waits a random delay in ``[0, resync_delay]`` (so that a fleet of clients does not
+  hit the ensemble in one burst), then re-arms them with one pipelined ``exists`` per known child and
+  re-reads only the children whose ``mzxid`` moved.
 - While the session is SUSPENDED or LOST the last known membership stays published; nothing is
   cleared because ZooKeeper is away.
 - ``start()`` is all or nothing: if the first membership is not loaded in time it undoes everything
@@ -224,6 +226,7 @@ class ServiceWatcher(MembershipSync):
             generation = self._generation
             self._watches = RunWatches(self, generation)
             self._job = Job(worker, lambda: self._step(generation))
+            self._join_rewatch(client, worker, generation)
             self._state = WatcherState.STARTED
             with self._lock:
                 # Read everything afresh: what an earlier, failed start read is not watched any more.
@@ -249,6 +252,7 @@ class ServiceWatcher(MembershipSync):
             job.cancel()
         if worker is not None:
             worker.unsubscribe(self._on_state)
+        self._leave_rewatch()  # first: a reconnect must not put back what is taken back below
         if client is not None:
             watches.drop(client, self.path)
         if worker is not None:
@@ -268,6 +272,7 @@ class ServiceWatcher(MembershipSync):
         # What the parent's worker would have run belongs to the parent: a new generation, no worker.
         self._generation += 1
         self._client = self._worker = self._job = None
+        self._rewatcher = self._watch_set = None
         self._children = {}
         self._children_dirty, self._rearm, self._data_dirty = True, False, set()
         self._grace.end()
