@@ -3,10 +3,10 @@
 Each watching client has its own kazoo client (its own ZooKeeper session and connection), as each of
 that many processes would; they run as threads of this one process, a stand-in for the processes (the
 ZooKeeper side sees the same sessions and requests). Requests are counted at the kazoo level: every
-request a client sends through ``KazooClient._call`` (reads, exists, writes), with its time. Not
-counted, for every reader alike: the connect handshake, pings, and the ``SetWatches`` kazoo itself
-sends on a reconnect. (The servers' ``mntr`` counters cannot tell one client from another, and a
-restarted member's counters start again from zero.)
+request a client sends through ``KazooClient._call`` (reads, exists, writes, and the ``SetWatches``
+zklb sends after a reconnect; kazoo sends none itself), with its time. Not counted, for every reader
+alike: the connect handshake and pings. (The servers' ``mntr`` counters cannot tell one client from
+another, and a restarted member's counters start again from zero.)
 
 Every client connects to the first member of the hosts string (``randomize_hosts=False``; an
 ensemble's ``hosts`` lists member 0 first); stopping that member makes

@@ -250,14 +250,12 @@ class _Longest(random.Random):
         return b
 
 
-def test_a_resync_after_reconnect_waits_its_random_delay(
+def test_a_resync_after_a_new_session_waits_its_random_delay(
     healthy_ensemble: ZooKeeperEnsemble, zk: KazooClient, service: str
 ) -> None:
-    follower = next(m for m in healthy_ensemble.members if m.mode() == "follower")
-    others = [m for m in healthy_ensemble.members if m is not follower]
-    # Connected to the follower first, so that stopping it moves the session to another member.
-    hosts = ",".join(f"127.0.0.1:{m.client_port}" for m in [follower, *others])
-    client = KazooClient(hosts=hosts, timeout=15.0, randomize_hosts=False)
+    # A new session: nothing is armed on the server any more, so each watcher re-reads everything
+    # (a reconnect of the same session re-arms its watches with SetWatches: tests/faults/test_rewatch.py).
+    client = KazooClient(hosts=healthy_ensemble.hosts, timeout=15.0)
     client.start(timeout=30)
     reconnected: list[float] = []
     client.add_listener(lambda state: reconnected.append(time.monotonic()) if state == "CONNECTED" else None)
@@ -267,8 +265,8 @@ def test_a_resync_after_reconnect_waits_its_random_delay(
             ServiceWatcher(client, service, resync_delay=0) as prompt,
         ):
             reads = (slow.read_count, prompt.read_count)
-            healthy_ensemble.stop_member(follower.index)
-            wait_until(lambda: reconnected and client.connected, 30, "the session to move to another member")
+            expire_session(client, healthy_ensemble.hosts)
+            wait_until(lambda: reconnected and client.connected, 30, "a new session")
             wait_until(lambda: prompt.read_count > reads[1], 10, "the prompt watcher's re-sync")
             assert slow.read_count == reads[0]  # still waiting out its delay
             wait_until(lambda: slow.read_count > reads[0], 10, "the delayed watcher's re-sync")
