@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import ConnectionLoss
 from tests.faults.conftest import expire_session_id, watch_callbacks, zklb_callbacks
@@ -156,31 +157,13 @@ def test_same_session_reconnect_sends_one_set_watches_and_misses_no_change(
         assert again.wait_for(shows(truth), 30)
 
 
-def test_failed_set_watches_falls_back_to_a_full_resync(
+@pytest.mark.parametrize("fault", ["set_watches_fails", "session_expires"])
+def test_a_failed_set_watches_or_an_expired_session_resyncs_in_full(
     healthy_ensemble: ZooKeeperEnsemble,
     member_client: Callable[..., KazooClient],
     survivor_zk: KazooClient,
     service: str,
-) -> None:
-    client = member_client(0, timeout=30.0)
-    fill(survivor_zk, service, N)
-    watcher = ServiceWatcher(client, service, resync_delay=0).start(timeout=30)
-    reads_before = watcher.read_count
-    truth: dict[str, int] = {}
-    with counted(client, fail_set_watches=True) as sent:
-        outage(healthy_ensemble, client, lambda: truth.update(change_while_away(survivor_zk, service)))
-        assert watcher.wait_for(shows(truth), 30), watcher.membership
-    assert sent[SET_WATCHES] == 1
-    assert watcher.read_count - reads_before > N  # every known instance checked again
-    watcher.close()
-    assert not zklb_callbacks(client)
-
-
-def test_session_expiry_resyncs_in_full_without_set_watches(
-    healthy_ensemble: ZooKeeperEnsemble,
-    member_client: Callable[..., KazooClient],
-    survivor_zk: KazooClient,
-    service: str,
+    fault: str,
 ) -> None:
     client = member_client(0, timeout=30.0)
     fill(survivor_zk, service, N)
@@ -191,13 +174,19 @@ def test_session_expiry_resyncs_in_full_without_set_watches(
     survivors = ",".join(m.host for m in healthy_ensemble.members[1:])
 
     def during() -> None:
-        expire_session_id(session, survivors)
+        if fault == "session_expires":
+            expire_session_id(session, survivors)
         truth.update(change_while_away(survivor_zk, service))
 
-    with counted(client) as sent:
+    with counted(client, fail_set_watches=fault == "set_watches_fails") as sent:
         outage(healthy_ensemble, client, during)
         assert watcher.wait_for(shows(truth), 30), watcher.membership
-    assert client._session_id != session[0]
-    assert sent[SET_WATCHES] == 0
-    assert watcher.read_count - reads_before > N
+    if fault == "session_expires":
+        assert client._session_id != session[0]
+        assert sent[SET_WATCHES] == 0  # nothing of an expired session is armed: not even tried
+    else:
+        assert client._session_id == session[0]
+        assert sent[SET_WATCHES] == 1
+    assert watcher.read_count - reads_before > N  # every known instance checked again
     watcher.close()
+    assert not zklb_callbacks(client)
