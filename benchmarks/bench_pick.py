@@ -84,31 +84,37 @@ def keyed(lb: LoadBalancer) -> Callable[[], object]:
 def slow_start(calls: int, repeats: int) -> None:
     """Each weighted strategy's get_server() with every instance in slow start, against the same without.
 
-    "same pace": all registered together (every pick stands at once); "staggered": registered over
-    the window, so older ones are kept more often and some picks are drawn again.
+    "even": all registered together (every ramp at the same pace); "staggered": registered over the
+    window, so factors differ. Weighted round robin and weighted random pick from a picker rebuilt over
+    the ramped weights (no wrapper); the others are thinned (some picks drawn again when staggered).
     """
     print(
-        f"\n{'slow start on every instance':<38}{'n':>7}{'without':>10}{'with':>8}{'ratio':>8}{'target':>8}"
+        f"\n{'slow start on every instance':<48}{'n':>7}{'without':>10}{'with':>8}{'ratio':>8}{'target':>8}"
     )
     now = datetime.now(UTC)
     settings = SlowStart(window=3600.0)
     for n in (1_000, 10_000):
-        pool = instances(n, max_weight=10)
-        rng = random.Random(3)
-        paces = {
-            "same pace": [dataclasses.replace(i, registered_at=now) for i in pool],
-            "staggered": [
-                dataclasses.replace(i, registered_at=now - timedelta(seconds=rng.uniform(0, 3600)))
-                for i in pool
-            ],
-        }
-        for name in SLOW_START_STRATEGIES:
-            bare = best_ns_per_call(LoadBalancer.static(pool, strategy=name).get_server, calls, repeats)
-            for pace, ramping in paces.items():
-                lb = LoadBalancer.static(ramping, strategy=name, slow_start=settings)
-                ns = best_ns_per_call(lb.get_server, calls, repeats)
-                label = f"{name} ({pace})"
-                print(f"{label:<38}{n:>7}{bare:>10.1f}{ns:>8.1f}{ns / bare:>8.2f}{SLOW_START_TARGET:>8.1f}")
+        for max_weight in (10, 10_000):
+            pool = instances(n, max_weight=max_weight)
+            rng = random.Random(3)
+            paces = {
+                "even": [dataclasses.replace(i, registered_at=now) for i in pool],
+                "staggered": [
+                    dataclasses.replace(i, registered_at=now - timedelta(seconds=rng.uniform(0, 3600)))
+                    for i in pool
+                ],
+            }
+            names = SLOW_START_STRATEGIES if max_weight == 10 else SLOW_START_STRATEGIES[:2]
+            for name in names:
+                bare = best_ns_per_call(LoadBalancer.static(pool, strategy=name).get_server, calls, repeats)
+                for pace, ramping in paces.items():
+                    lb = LoadBalancer.static(ramping, strategy=name, slow_start=settings)
+                    lb.get_server()  # the first pick builds the ramped picker of the step
+                    ns = best_ns_per_call(lb.get_server, calls, repeats)
+                    label = f"{name}, w 1..{max_weight:,} ({pace})"
+                    print(
+                        f"{label:<48}{n:>7}{bare:>10.1f}{ns:>8.1f}{ns / bare:>8.2f}{SLOW_START_TARGET:>8.1f}"
+                    )
 
 
 def main() -> None:

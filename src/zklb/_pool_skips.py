@@ -2,16 +2,20 @@
 
 Ejected and draining instances are *skipped*, not removed: the picker is not rebuilt when one is
 ejected. While nothing is ejected or skipped the pick function is the picker's own ``pick`` (no cost);
-otherwise a wrapper that re-picks past skipped ones and brings ejected ones back on time, and while an
-instance is in slow start, one that thins the picks (see `zklb.slow_start`). With ``prefer=``, which
-picker is in use is decided here too. Everything named ``*_locked`` runs under the pool's short lock.
+otherwise a wrapper that re-picks past skipped ones and brings ejected ones back on time. While an
+instance is in slow start: the picker's own pick over ramped weights, rebuilt once per step, if it
+offers ``ramped_pick``; otherwise a wrapper that thins the picks (see `zklb.slow_start`). With
+``prefer=``, which picker is in use is decided here too. Everything named ``*_locked`` runs under the
+pool's short lock.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Collection
+import math
+from collections.abc import Callable, Collection, Iterator
+from itertools import chain, islice, repeat, starmap
 
 from zklb._pool_state import PoolState, State
 from zklb.instance import ServiceInstance
@@ -26,6 +30,9 @@ log = logging.getLogger("zklb.balancer")
 REPICKS = 4
 #: Draws at most per pick while thinning for slow start (each keeps >= min_weight_percent of its chance).
 _RAMP_DRAWS = 32
+#: Most picks between two looks at the clock while a ramped pick function is in use (fewer when picks
+#: are rare: about four looks per step of the ramp at the rate seen).
+_RAMP_LOOK_EVERY = 1024
 
 
 class PoolSkips(PoolState):
@@ -75,6 +82,9 @@ class PoolSkips(PoolState):
         picker = self._picker
         started = self._state is State.STARTED
         self._keyed = None
+        ramp = self._ramp
+        if ramp is not None:
+            ramp.token = None  # whatever ramped pick function was in use, it is not from now on
         if self._state is State.CLOSED:
             self._fast_ok = self._fast = False
             self._pick = self._closed
@@ -117,7 +127,11 @@ class PoolSkips(PoolState):
             self._set_fast(True)
             self._pick = picker.pick
             self._keyed = getattr(picker, "pick_key", None)
-        ramp = self._ramp
+            ramped = None if picker.tracks_load else getattr(picker, "ramped_pick", None)
+            if started and ramp is not None and ramp.ramping and ramped is not None:
+                # Slow start by the picker itself, over ramped weights rebuilt at each step.
+                self._pick = self._ramped_locked(ramp, picker)
+                return notice
         if started and ramp is not None and ramp.ramping:
             # Slow start: the pick function above, thinned (see zklb.slow_start); acquire() goes slow too.
             self._set_fast(False)
@@ -154,6 +168,81 @@ class PoolSkips(PoolState):
             ramp.tick(now, len(self._membership))
             if not ramp.ramping:
                 self._refresh_locked()
+
+    def _ramped_locked(self, ramp: Ramp, picker: Picker) -> Callable[[], ServiceInstance]:
+        """The pick function while instances ramp, for a picker that offers ``ramped_pick``: the ramped
+        picker's pick, and after a stretch of picks one call of `_ramp_due` (one C-level chain: a pick
+        costs what the ramped picker's own does). The first stretch is empty when the ramped picker of
+        this step is still to be built: the next pick builds it, off the lock."""
+        current = ramp.ramped_for is picker and ramp.ramped_step == ramp.steps and ramp.ramped is not None
+        pick = ramp.ramped if current and ramp.ramped is not None else picker.pick
+        stretch = 0
+        now = self._clock()
+        if current and ramp.armed_picks:
+            # About four looks per step at the rate the last stretch went (all at once on a clock that
+            # stands still, as in tests: the most then).
+            elapsed = now - ramp.armed_at
+            rate = ramp.armed_picks / elapsed if elapsed > 0 else math.inf
+            stretch = int(max(1.0, min(_RAMP_LOOK_EVERY, rate * ramp.step_length / 4)))
+        elif current:
+            stretch = 64
+        token = object()
+        ramp.token, ramp.armed_at, ramp.armed_picks = token, now, stretch
+        # A pick function that is an iterator's __next__ (itertools.cycle) is chained directly.
+        source = getattr(pick, "__self__", None)
+        picks = (
+            source if getattr(pick, "__name__", "") == "__next__" and isinstance(source, Iterator) else None
+        )
+        if picks is None:
+            picks = starmap(pick, repeat(()))
+        due = starmap(self._ramp_due, repeat((token, picks)))  # (picks: kept alive while in use)
+        return chain(islice(picks, stretch), due).__next__
+
+    def _ramp_due(self, token: object, _picks: object) -> ServiceInstance:
+        """End of a stretch of ramped picks: take the ramp's step if due, build the ramped picker for
+        it if not done yet (off the lock: one pick per step pays it), arm the next stretch. Picks are
+        made with no lock held (a pick function may take the lock itself)."""
+        ramp = self._ramp
+        assert ramp is not None
+        if not ramp.building.acquire(blocking=False):
+            return self._thinned(ramp)  # another pick is at it: thinning meanwhile
+        try:
+            with self._lock:
+                picker = self._picker
+                build = False
+                if token is ramp.token and picker is not None:  # else replaced meanwhile
+                    now = self._clock()
+                    if now >= ramp.next_at:
+                        ramp.tick(now, len(self._membership))
+                    if not ramp.ramping:
+                        self._refresh_locked()  # the last ramp is over: the bare pick function again
+                    elif ramp.ramped_for is picker and ramp.ramped_step == ramp.steps:
+                        self._pick = self._ramped_locked(ramp, picker)
+                    else:
+                        build = True
+                steps, factors = ramp.steps, ramp.accept
+            if build:
+                assert picker is not None
+                ramped: Callable[[], ServiceInstance] = picker.ramped_pick(factors)  # type: ignore[attr-defined]
+                with self._lock:
+                    if token is ramp.token and ramp.steps == steps and self._picker is picker:
+                        ramp.ramped, ramp.ramped_for, ramp.ramped_step = ramped, picker, steps
+                        ramp.armed_picks = 0
+                        self._pick = self._ramped_locked(ramp, picker)
+                    else:
+                        build = False  # the step or the picker changed while it was built
+        finally:
+            ramp.building.release()
+        if build or token is not ramp.token:
+            return self._pick()
+        return self._thinned(ramp)
+
+    def _thinned(self, ramp: Ramp) -> ServiceInstance:
+        """A pick of the picker in use, thinned by the ramp's current step."""
+        picker = self._picker
+        if picker is None:
+            return self._pick()
+        return thin(ramp, picker.pick(), picker.pick)
 
     def _pick_ramping(self) -> ServiceInstance:
         """The pick function while some instance is in slow start: the usual pick, thinned (inline:

@@ -4,15 +4,17 @@ Envoy's formula: an instance ``t`` seconds into its window gets ``weight * f`` w
 ``f = max(min_weight_percent / 100, (max(t, 1) / window) ** (1 / aggression))``, and all of its weight
 from ``window`` on. ``aggression`` 1 ramps linearly; above 1 the instance gets more traffic early on.
 
-How the balancer applies it, for every strategy, without rebuilding anything per pick: a *thinning*
-of the strategy's own picks. While some instance ramps, a pick of instance ``i`` is kept with
-probability ``f_i / F`` and otherwise drawn again, where ``F`` is the largest ``f`` (1 while any
-instance is past its ramp). A strategy that gives ``i`` a share ``p_i`` then gives it
-``p_i * f_i / sum(p_j * f_j)``: exactly its weight scaled by ``f_i``, for the weighted strategies.
-The factors move in `STEPS` steps per window (each taken at its midpoint), recomputed by the pick that
-crosses a step: a pick of a warm instance costs a clock read and a dict lookup more, one of a ramping
-instance a random draw too. When every instance ramps at the same pace, ``f_i = F`` and nothing is
-drawn again. When the last ramp ends, the balancer goes back to the strategy's bare pick.
+How the balancer applies it. A picker that offers ``ramped_pick(factors)`` (weighted round robin,
+weighted random) is rebuilt over the ramped weights at each of the `STEPS` steps per window (each
+factor taken at its step's midpoint), and a pick in slow start is that picker's own pick: the pool
+chains it (C-level `itertools` chain) to one look at the clock per stretch of up to 1,024 picks (about
+four per step at the rate seen), and the look that finds a step passed builds the next one, off the
+pool's lock, once per step; meanwhile other picks are thinned (below). Any other strategy (the
+load-aware ones, round robin, random) is *thinned*: while some instance ramps, a pick of instance
+``i`` is kept with probability ``f_i / F`` and otherwise drawn again, where ``F`` is the largest ``f``
+(1 while any instance is past its ramp), so a strategy that gives ``i`` a share ``p_i`` gives it
+``p_i * f_i / sum(p_j * f_j)``; a pick then costs a clock read and a dict lookup more (and a draw for a
+ramping instance). When the last ramp ends, the balancer goes back to the strategy's bare pick.
 
 When a ramp starts (`Ramp.start_of`): an instance that joins ramps from the later of two times: when
 this balancer first saw it, and its ``registered_at``; an instance already there when the balancer
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -101,7 +104,24 @@ class Ramp:
     assignment.
     """
 
-    __slots__ = ("_ramping", "_seen", "_wall", "accept", "draw", "next_at", "settings")
+    __slots__ = (
+        "_ramping",
+        "_seen",
+        "_wall",
+        "accept",
+        "armed_at",
+        "armed_picks",
+        "building",
+        "draw",
+        "next_at",
+        "ramped",
+        "ramped_for",
+        "ramped_step",
+        "settings",
+        "step_length",
+        "steps",
+        "token",
+    )
 
     def __init__(
         self,
@@ -121,6 +141,19 @@ class Ramp:
         self.accept: dict[str, float] = {}
         #: Clock time of the next step (``tick``); infinite while nothing ramps.
         self.next_at = math.inf
+        #: Steps taken so far, and the length of the current one (seconds).
+        self.steps = 0
+        self.step_length = math.inf
+        # The pool's ramped pick function (`zklb._pool_skips`): the one built for step ``ramped_step``
+        # from picker ``ramped_for``; the token of the pick function in use (None: not a ramped one);
+        # when it was armed and for how many picks; held (never waited for) while one is being built.
+        self.ramped: Callable[[], ServiceInstance] | None = None
+        self.ramped_for: object = None
+        self.ramped_step = -1
+        self.token: object = None
+        self.armed_at = 0.0
+        self.armed_picks = 0
+        self.building = threading.Lock()
 
     @property
     def ramping(self) -> Mapping[str, tuple[float, float]]:
@@ -172,10 +205,13 @@ class Ramp:
         are over and set every other one's chance for the step. O(ramping)."""
         ramping = {k: v for k, v in self._ramping.items() if now - v[0] < v[1]}
         self._ramping = ramping
+        self.steps += 1
         if not ramping:
-            self.accept, self.next_at = {}, math.inf
+            self.accept, self.next_at, self.step_length = {}, math.inf, math.inf
+            self.ramped = self.ramped_for = None  # nothing to hold on to
             return
         step = min(window for _, window in ramping.values()) / STEPS
+        self.step_length = step
         middle = now + step / 2
         factor = self.settings.factor
         factors = {key: factor(middle - start, window) for key, (start, window) in ramping.items()}

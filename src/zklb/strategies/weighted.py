@@ -37,6 +37,8 @@ pure function of the ticket, so concurrent picks never share or skip a position.
 
 from __future__ import annotations
 
+import math
+import random
 from bisect import bisect_right
 from collections.abc import Callable, Collection, Mapping, Sequence
 from itertools import accumulate, chain, count, cycle, repeat
@@ -59,6 +61,9 @@ __all__ = [
 DEFAULT_SCHEDULE_LIMIT = 1 << 18
 #: Largest ``W * (distinct weights + 32)`` for the exact nginx build: at most about 150 ms of CPU.
 DEFAULT_BUILD_BUDGET = 1 << 22
+
+# The random phases of the turns slow start leaves out (`WeightedRoundRobinPicker.ramped_pick`).
+_ramp_random = random.Random()
 
 # floor(2**64 / golden ratio): the stride fraction that spreads k * P mod W most evenly.
 _GOLDEN_64 = 0x9E3779B97F4A7C15
@@ -106,7 +111,18 @@ class WeightedRoundRobinPicker:
 
     tracks_load: bool = False
 
-    __slots__ = ("_instances", "_retries", "_weights", "cycle_length", "mode", "pick", "schedule_length")
+    __slots__ = (
+        "_instances",
+        "_limit",
+        "_order",
+        "_retries",
+        "_schedule",
+        "_weights",
+        "cycle_length",
+        "mode",
+        "pick",
+        "schedule_length",
+    )
 
     #: The next instance in the weighted sequence. Lock-free; an attribute so that it can be a C call.
     pick: Callable[[], ServiceInstance]
@@ -127,6 +143,10 @@ class WeightedRoundRobinPicker:
         self._instances = instances
         self._weights = weights
         self._retries = count()
+        # Slow start's needs (`ramped_pick`): the cycle, and its order as indices, made when first asked.
+        self._schedule: Sequence[ServiceInstance] = ()
+        self._order: list[int] | None = None
+        self._limit = schedule_limit
         self.cycle_length = total
         self.mode: Mode
         distinct = len(set(weights))
@@ -149,6 +169,7 @@ class WeightedRoundRobinPicker:
             schedule = [stride_pick() for _ in range(total)]
             self.mode = "stride"
         self.schedule_length = len(schedule)
+        self._schedule = schedule
         self.pick = cycle(schedule).__next__
 
     def pick_excluding(self, exclude: Collection[str]) -> ServiceInstance | None:
@@ -176,6 +197,47 @@ class WeightedRoundRobinPicker:
                 return inst
             position -= w
         raise AssertionError("unreachable: position < total")  # pragma: no cover
+
+    def ramped_pick(self, factors: Mapping[str, float]) -> Callable[[], ServiceInstance]:
+        """For slow start: a pick function whose instance ``i`` comes ``factors[i.id]`` times as often
+        relative to the others (a factor in (0, 1]; 1 for an id not in ``factors``).
+
+        In the cycle modes, a few cycles with some of each ramping instance's turns left out, evenly
+        among its turns (a running credit from a random phase: ``w * f`` turns per cycle on average),
+        replayed by `itertools.cycle`: a pick still costs one C call; O(schedule_limit) at most to
+        build. Streamed: a streamed picker over the weights times ``64 * f``, O(n). The pool builds one
+        per step of the ramp, off its lock.
+        """
+        instances = self._instances
+        rates = [min(1.0, factors.get(inst.id, 1.0)) for inst in instances]
+        if min(rates) >= 1.0:
+            return self.pick
+        if self.mode == "streamed":
+            scaled = [max(1, round(w * r * 64)) for w, r in zip(self._weights, rates, strict=True)]
+            return _stride_picker(instances, scaled, sum(scaled))
+        order = self._order
+        if order is None:
+            position = {id(inst): index for index, inst in enumerate(instances)}
+            order = self._order = [position[id(inst)] for inst in self._schedule]
+        # Enough cycles for the ramping instances to keep about 8 turns each (an instance of weight 1
+        # at 10 % keeps one turn in 10 cycles), within the schedule limit; what rounding is left varies
+        # with the random phases, step after step, rather than always against the same instance.
+        fewest = min(w * r for w, r in zip(self._weights, rates, strict=True))
+        cycles = max(1, min(self._limit // len(order), math.ceil(8 / fewest)))
+        draw = _ramp_random.random
+        credit = [draw() for _ in rates]
+        kept: list[ServiceInstance] = []
+        keep = kept.append
+        for index in order * cycles:
+            rate = rates[index]
+            if rate < 1.0:
+                left = credit[index] + rate
+                if left < 1.0:
+                    credit[index] = left
+                    continue
+                credit[index] = left - 1.0
+            keep(instances[index])
+        return cycle(kept).__next__
 
     def seed(self, in_flight: Mapping[str, int]) -> None:
         """Ignored: weighted round robin does not look at load."""

@@ -49,14 +49,18 @@ class WeightedRandomPicker:
 
     tracks_load: bool = False
 
-    __slots__ = ("_alias", "_cut", "_instances", "_random", "_rng", "_size", "_weights")
+    __slots__ = ("_alias", "_cut", "_instances", "_membership", "_random", "_rng", "_size", "_weights")
 
-    def __init__(self, membership: Membership, rng: random.Random) -> None:
+    def __init__(
+        self, membership: Membership, rng: random.Random, weights: Sequence[float] | None = None
+    ) -> None:
         instances = membership.instances
         if not instances:
             raise ValueError(f"cannot balance over the empty membership of {membership.service!r}")
+        self._membership = membership
         self._instances = instances
-        self._weights = [inst.weight for inst in instances]
+        # ``weights``: in place of the instances' own (slow start's ramped weights).
+        self._weights: Sequence[float] = [inst.weight for inst in instances] if weights is None else weights
         cut, alias = alias_table(self._weights)
         # Column i's owner below the cut, its alias above: instances stored, not indices (one read less).
         self._cut = cut
@@ -86,6 +90,14 @@ class WeightedRandomPicker:
             if instance.id not in exclude:
                 return instance
         return weighted_choice(self._instances, self._weights, exclude, self._random)
+
+    def ramped_pick(self, factors: Mapping[str, float]) -> Callable[[], ServiceInstance]:
+        """For slow start: the pick of an alias table over each weight times ``factors[id]`` (1 if
+        absent). O(n) to build; the pool builds one per step of the ramp, off its lock."""
+        weights = [
+            w * factors.get(inst.id, 1.0) for inst, w in zip(self._instances, self._weights, strict=True)
+        ]
+        return WeightedRandomPicker(self._membership, self._rng, weights).pick
 
     def seed(self, in_flight: Mapping[str, int]) -> None:
         """Ignored: weighted random does not look at load."""
@@ -124,7 +136,7 @@ def alias_table(weights: Sequence[int | float]) -> tuple[list[float], list[int]]
 
 def weighted_choice(
     instances: Sequence[ServiceInstance],
-    weights: Sequence[int],
+    weights: Sequence[float],
     exclude: Collection[str],
     draw: Callable[[], float],
 ) -> ServiceInstance | None:
