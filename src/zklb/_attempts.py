@@ -119,8 +119,8 @@ class Attempts(Generic[R]):
         "_replay",
         "_retrying_now",
         "_stale",
-        "_tls",
         "_tried",
+        "tls",
     )
 
     def __init__(
@@ -136,13 +136,23 @@ class Attempts(Generic[R]):
     ) -> None:
         self._lb = lb
         self._key = key  # consistent_hash's key: each attempt goes to the key's owner, then its next choices
-        # An https:// request: every attempt goes to an instance's TLS port, never to a plain one.
-        self._tls = tls
+        #: An https:// request: every attempt goes to an instance's TLS port, never to a plain one.
+        self.tls = tls
         self._hooks = hooks
         # A request that may not be retried needs no policy at all: skip every retry step.
         self._policy = policy if policy is not None and replayable and policy.allows(method) else None
-        self._tried: list[ServiceInstance] = []
-        self._replay: _Outcome[R] | None = None  # the first outcome, handed to tenacity
+        # The deadline holds even when this request may not be retried: its one attempt is then the
+        # last, and its timeout is cut all the same.
+        self._deadline: float | None = None
+        if policy is not None and policy.deadline is not None:
+            self._clock = policy.clock
+            self._deadline = self._clock() + policy.deadline
+        # The rest of the state (see _begin_retries) is set only when a first outcome is retryable:
+        # most requests never need it.
+        self._tried: list[ServiceInstance]
+
+    def _begin_retries(self, first: _Outcome[R]) -> None:
+        self._replay: _Outcome[R] | None = first  # the first outcome, handed to tenacity
         self._last: _Outcome[R] | None = None  # the outcome a retry is replacing
         self._stale: R | None = None  # a retryable response to close once the retry has a server
         self._retrying_now = False  # holding a retry reservation in the budget
@@ -152,12 +162,6 @@ class Attempts(Generic[R]):
         # the load) does not hold it back.
         self._free = False
         self._errored = False  # the last attempt raised (rather than returned a retryable status)
-        # The deadline holds even when this request may not be retried: its one attempt is then the
-        # last, and its timeout is cut all the same.
-        self._deadline: float | None = None
-        if policy is not None and policy.deadline is not None:
-            self._clock = policy.clock
-            self._deadline = self._clock() + policy.deadline
 
     def time_left(self) -> float | None:
         """Seconds until the policy's deadline (0 once it has passed), or None without a deadline."""
@@ -174,24 +178,30 @@ class Attempts(Generic[R]):
         policy = self._policy
         if policy is None:
             return self._send(send, lease)
-        policy.budget.request_started()
+        budget = policy.budget
+        budget.request_started()
+        retrying = False
         try:
             try:
                 response = self._send(send, lease)
             except Exception as exc:
-                if not self._retries_error(exc):
+                if not isinstance(exc, self._hooks.retryable_errors):
                     raise
-                self._replay = _Outcome(None, exc)
+                self._begin_retries(_Outcome(None, exc))
             else:
-                if not self._retries_response(response):
+                if not policy.retries_status(self._hooks.status(response)):
                     return response
-                self._replay = _Outcome(response, None)
-            retrying = policy._retrying.copy(**self._tenacity_hooks(policy))
-            return retrying(self._again, send)
+                self._begin_retries(_Outcome(response, None))
+            retrying = True
+            controller = policy._retrying.copy(**self._tenacity_hooks(policy))
+            return controller(self._again, send)
         finally:
-            stale = self._finish(policy)
-            if stale is not None:
-                self._hooks.close(stale)
+            if not retrying:
+                budget.request_finished()
+            else:
+                stale = self._finish(policy)
+                if stale is not None:
+                    self._hooks.close(stale)
 
     async def arun(self, send: Callable[[Lease], Awaitable[R]]) -> R:
         """Send the request (async), retrying on other servers as the policy allows."""
@@ -199,25 +209,31 @@ class Attempts(Generic[R]):
         policy = self._policy
         if policy is None:
             return await self._asend(send, lease)
-        policy.budget.request_started()
+        budget = policy.budget
+        budget.request_started()
+        retrying = False
         try:
             try:
                 response = await self._asend(send, lease)
             except Exception as exc:
-                if not self._retries_error(exc):
+                if not isinstance(exc, self._hooks.retryable_errors):
                     raise
-                self._replay = _Outcome(None, exc)
+                self._begin_retries(_Outcome(None, exc))
             else:
-                if not self._retries_response(response):
+                if not policy.retries_status(self._hooks.status(response)):
                     return response
-                self._replay = _Outcome(response, None)
-            retrying = policy._async_retrying.copy(**self._tenacity_hooks(policy))
-            result: R = await retrying(self._aagain, send)
+                self._begin_retries(_Outcome(response, None))
+            retrying = True
+            controller = policy._async_retrying.copy(**self._tenacity_hooks(policy))
+            result: R = await controller(self._aagain, send)
             return result
         finally:
-            stale = self._finish(policy)
-            if stale is not None:
-                await self._aclose(stale)
+            if not retrying:
+                budget.request_finished()
+            else:
+                stale = self._finish(policy)
+                if stale is not None:
+                    await self._aclose(stale)
 
     def _again(self, send: Callable[[Lease], R]) -> R:
         replay = self._take_replay()
@@ -273,8 +289,8 @@ class Attempts(Generic[R]):
 
     def _first_lease(self) -> Lease:
         # NoServerAvailable here reaches the caller as is: there was never a server to try.
-        lease = self._lb.acquire(key=self._key, tls=True) if self._tls else self._lb.acquire(key=self._key)
-        self._tried.append(lease.server)
+        lease = self._lb.acquire(key=self._key, tls=True) if self.tls else self._lb.acquire(key=self._key)
+        self._tried = [lease.server]
         return lease
 
     def _next_lease(self) -> Lease | None:
@@ -287,7 +303,7 @@ class Attempts(Generic[R]):
                 return None
             self._retrying_now = True
         try:
-            lease = self._lb.acquire(exclude=self._tried, key=self._key, tls=self._tls)
+            lease = self._lb.acquire(exclude=self._tried, key=self._key, tls=self.tls)
         except NoServerAvailable:
             self._end_retry()
             return None
@@ -375,7 +391,7 @@ class Attempts(Generic[R]):
         # then free. A retryable status is no such sign, so there the budget can stop before waiting.
         if not self._free and not self._errored and not self._policy.budget.can_retry():
             return True
-        return not self._lb.has_server(exclude=self._tried, tls=self._tls)
+        return not self._lb.has_server(exclude=self._tried, tls=self.tls)
 
     def _before_sleep(self, state: RetryCallState) -> None:
         # Only reached when a retry will be made: keep this outcome until the retry has a server.

@@ -34,9 +34,10 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from typing import TypeAlias
 
 from zklb._attempts import Attempts, ClientHooks, end_lease
+from zklb._httpx_rewrite import select
 from zklb.balancer import Lease, LoadBalancer
 from zklb.errors import NoServerAvailable, RegistryError
-from zklb.instance import DEFAULT_PORTS, ServiceInstance
+from zklb.instance import ServiceInstance
 from zklb.retry import RetryPolicy, is_failure_status, resolve_policy
 from zklb.strategies import HashKey
 
@@ -93,51 +94,7 @@ _HOOKS: ClientHooks[httpx.Response] = ClientHooks(
 )
 
 
-def _copy_url(url: httpx.URL, server: ServiceInstance, tls: bool) -> httpx.URL:
-    """``url`` sent to ``server`` (its TLS port if ``tls``): what ``url.copy_with`` gives, ~15x faster."""
-    scheme, port = server.endpoint(tls)
-    default = DEFAULT_PORTS[scheme] == port  # as httpx normalises
-    fast = httpx.URL.__new__(httpx.URL)
-    fast._uri_reference = url._uri_reference._replace(
-        scheme=scheme, host=server.host, port=None if default else port
-    )
-    return fast
-
-
-def _slow_copy_url(url: httpx.URL, server: ServiceInstance, tls: bool) -> httpx.URL:
-    scheme, port = server.endpoint(tls)
-    return url.copy_with(scheme=scheme, host=server.host, port=port)
-
-
-def _pick_url_copier() -> Callable[[httpx.URL, ServiceInstance, bool], httpx.URL]:
-    # httpx re-parses and re-validates the whole URL on every copy_with (~12 us, more than everything
-    # else this transport does per request). Nothing needs validating here: the path and query come
-    # from a valid URL and the instance's parts were checked when it was built. So the fast copy
-    # replaces fields of httpx's parsed record, a private detail: it is used only if it gives exactly
-    # what copy_with gives on this httpx version, checked once here.
-    samples = [
-        (httpx.URL("http://api/a/b?x=1&y=%20#f"), ServiceInstance("s1", "10.0.0.1", 8080), False),
-        (httpx.URL("http://u:p@api:81/"), ServiceInstance("s2", "::1", 443, scheme="https"), False),
-        (httpx.URL("https://api/%E2%82%AC"), ServiceInstance("s3", "host.example", 80), False),
-        (httpx.URL("https://api/x"), ServiceInstance("s4", "10.0.0.4", 80, ssl_port=8443), True),
-    ]
-    try:
-        for url, server, tls in samples:
-            fast, slow = _copy_url(url, server, tls), _slow_copy_url(url, server, tls)
-            if (fast, str(fast), fast.port, fast.raw_host, fast.raw_path) != (
-                slow,
-                str(slow),
-                slow.port,
-                slow.raw_host,
-                slow.raw_path,
-            ):
-                return _slow_copy_url
-    except Exception:  # httpx's internals changed shape
-        return _slow_copy_url
-    return _copy_url
-
-
-_url_for = _pick_url_copier()
+_readdress = select()
 
 
 _TIMEOUT_PHASES = ("connect", "read", "write", "pool")
@@ -192,21 +149,15 @@ class _Balancing:
         )
 
     def rewrite(
-        self, request: httpx.Request, server: ServiceInstance, time_left: float | None
+        self, request: httpx.Request, server: ServiceInstance, tls: bool, time_left: float | None
     ) -> httpx.Request:
-        """A copy of ``request`` addressed to ``server``; the original stays as the client built it,
-        so the response, cookies and redirects keep the logical URL. ``time_left``: the policy's
-        deadline, which no phase of this attempt may outlast."""
-        url = _url_for(request.url, server, request.url.scheme == "https")
+        """A copy of ``request`` addressed to ``server`` (its TLS port if ``tls``); the original stays
+        as the client built it, so the response, cookies and redirects keep the logical URL.
+        ``time_left``: the policy's deadline, which no phase of this attempt may outlast."""
         extensions = request.extensions
         if time_left is not None:
             extensions = {**extensions, "timeout": _cut_timeout(extensions.get("timeout"), time_left)}
-        sent = httpx.Request(
-            request.method, url, headers=request.headers, stream=request.stream, extensions=extensions
-        )
-        if not self.preserve_host:
-            sent.headers["Host"] = url.netloc.decode("ascii")
-        return sent
+        return _readdress(request, server, tls, self.preserve_host, extensions)
 
     def settle(self, response: httpx.Response, lease: Lease) -> bool:
         """Count the status; True if the lease must now follow the body (released when it closes)."""
@@ -365,7 +316,7 @@ class LoadBalancedTransport(httpx.BaseTransport):
     def _send(
         self, request: httpx.Request, attempts: Attempts[httpx.Response], lease: Lease
     ) -> httpx.Response:
-        sent = self._core.rewrite(request, lease.server, attempts.time_left())
+        sent = self._core.rewrite(request, lease.server, attempts.tls, attempts.time_left())
         response = self._transport.handle_request(sent)
         if self._core.settle(response, lease):
             assert isinstance(response.stream, httpx.SyncByteStream)
@@ -432,7 +383,7 @@ class AsyncLoadBalancedTransport(httpx.AsyncBaseTransport):
     async def _send(
         self, request: httpx.Request, attempts: Attempts[httpx.Response], lease: Lease
     ) -> httpx.Response:
-        sent = self._core.rewrite(request, lease.server, attempts.time_left())
+        sent = self._core.rewrite(request, lease.server, attempts.tls, attempts.time_left())
         response = await self._transport.handle_async_request(sent)
         if self._core.settle(response, lease):
             assert isinstance(response.stream, httpx.AsyncByteStream)

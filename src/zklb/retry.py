@@ -11,10 +11,13 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Collection
+from itertools import count
 
 from tenacity import AsyncRetrying, RetryCallState, Retrying, stop_after_attempt
 from tenacity.stop import stop_base
 from tenacity.wait import WaitBaseT, wait_base
+
+from zklb.stats import count_value
 
 __all__ = [
     "IDEMPOTENT_METHODS",
@@ -88,7 +91,9 @@ class RetryBudget:
     the whole service is failing, most requests fail fast instead of multiplying the load by the
     number of attempts. A retry is in flight while it is being sent, not while it waits its backoff.
 
-    One budget is shared by every request of a `RetryPolicy`; thread-safe (a short lock), O(1).
+    One budget is shared by every request of a `RetryPolicy`; thread-safe, O(1). Every request starts
+    and ends in it, so those two take no lock: they count on ``itertools.count`` objects, whose
+    ``next()`` is atomic under the GIL; the retry decisions (rare) take a short lock.
     """
 
     def __init__(self, ratio: float = 0.2, min_retries: int = 3) -> None:
@@ -99,14 +104,17 @@ class RetryBudget:
         self.ratio = ratio
         self.min_retries = min_retries
         self._lock = threading.Lock()
-        self._requests = 0
+        self._started = count()  # logical requests: in flight = started - finished
+        self._finished = count()
         self._retries = 0
         self._denied = 0
 
     @property
     def requests_in_flight(self) -> int:
         """Logical requests now being sent through the policy (retries are not counted twice)."""
-        return self._requests
+        # finished first: a request that ends between the two reads is never counted below zero.
+        finished = count_value(self._finished)
+        return count_value(self._started) - finished
 
     @property
     def retries_in_flight(self) -> int:
@@ -120,13 +128,11 @@ class RetryBudget:
 
     def request_started(self) -> None:
         """Count a logical request as in flight."""
-        with self._lock:
-            self._requests += 1
+        next(self._started)
 
     def request_finished(self) -> None:
         """A logical request ended (each ``request_started`` is matched by exactly one call)."""
-        with self._lock:
-            self._requests -= 1
+        next(self._finished)
 
     def can_retry(self) -> bool:
         """Whether a retry may be made now; reserves nothing (see `try_begin_retry`), counts a no."""
@@ -153,12 +159,12 @@ class RetryBudget:
     def _limit(self) -> int:
         # Whole retries: with 4 requests in flight 20% allows none beyond min_retries (as Envoy floors it).
         # The epsilon keeps e.g. 0.29 * 100 (28.999999999999996 in floats) at 29.
-        return max(self.min_retries, math.floor(self.ratio * self._requests + 1e-9))
+        return max(self.min_retries, math.floor(self.ratio * self.requests_in_flight + 1e-9))
 
     def __repr__(self) -> str:
         return (
             f"<RetryBudget ratio={self.ratio} min_retries={self.min_retries} "
-            f"requests={self._requests} retries={self._retries} denied={self._denied}>"
+            f"requests={self.requests_in_flight} retries={self._retries} denied={self._denied}>"
         )
 
 
