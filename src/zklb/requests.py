@@ -46,11 +46,11 @@ from urllib3.response import HTTPResponse
 from urllib3.util import Timeout
 
 from zklb._attempts import Attempts, ClientHooks
+from zklb._requests_copy import authority_of, copy_for, readdressed
 from zklb._requests_lease import ResponseLease
 from zklb._requests_proxies import proxies_for
 from zklb.balancer import Lease, LoadBalancer
 from zklb.errors import NoServerAvailable
-from zklb.instance import DEFAULT_PORTS, ServiceInstance
 from zklb.retry import RetryPolicy, is_failure_status, resolve_policy
 from zklb.strategies import HashKey
 
@@ -129,9 +129,9 @@ def _replayable(body: object) -> bool:
     return body is None or isinstance(body, bytes | str)
 
 
-def _authority(scheme: str, server: ServiceInstance, port: int) -> str:
-    host = f"[{server.host}]" if ":" in server.host else server.host
-    return host if DEFAULT_PORTS[scheme] == port else f"{host}:{port}"
+def _sets_cookies(response: requests.Response) -> bool:
+    headers = response.headers
+    return "set-cookie" in headers or "set-cookie2" in headers
 
 
 class _Route:
@@ -254,21 +254,21 @@ class LoadBalancedAdapter(HTTPAdapter):
         lease: Lease,
     ) -> requests.Response:
         server = lease.server
-        # A copy: the session keeps the original for redirects, cookies and the response.
-        sent = request.copy()
         scheme, port = server.endpoint(url.scheme == "https")
-        authority = _authority(scheme, server, port)
-        sent.url = url._replace(scheme=scheme, netloc=authority).geturl()
+        authority = authority_of(scheme, server, port)
+        target = readdressed(request.url or "", url, scheme, authority)
+        # A copy: the session keeps the original for redirects, cookies and the response.
+        sent = copy_for(request, target)
         sent.headers["Host"] = url.netloc.rpartition("@")[2] if route.preserve_host else authority
         given = options["proxies"]
         session = None if self._session is None else self._session()
-        proxies = proxies_for(session, request.url or "", sent.url, given)
+        proxies = proxies_for(session, request.url or "", target, given)
         time_left = attempts.time_left()
         if proxies is not given or time_left is not None:
             options = {**options, "proxies": proxies}
             if time_left is not None:
                 options["timeout"] = _cut_timeout(options["timeout"], time_left)
-            if proxies is not given and select_proxy(sent.url, proxies) is None:
+            if proxies is not given and select_proxy(target, proxies) is None:
                 # Added by requests for the proxy of the logical URL (on a redirect); the instance is
                 # reached directly and must not get the proxy's credentials.
                 sent.headers.pop("Proxy-Authorization", None)
@@ -276,19 +276,22 @@ class LoadBalancedAdapter(HTTPAdapter):
         # Present the response as the answer to the logical request, as the session expects.
         response.request = request
         response.url = request.url or ""
-        response.cookies = RequestsCookieJar()
-        extract_cookies_to_jar(response.cookies, request, response.raw)  # type: ignore[no-untyped-call]
+        if _sets_cookies(response):  # else the jar build_response filled is empty, as it should be
+            response.cookies = RequestsCookieJar()
+            extract_cookies_to_jar(response.cookies, request, response.raw)  # type: ignore[no-untyped-call]
         if is_failure_status(response.status_code):
             lease.report(False)
         raw = response.raw
-        if isinstance(raw, HTTPResponse):
+        if options["stream"] and isinstance(raw, HTTPResponse):
+            # The body is read later, by the caller, or never: the lease follows it (ResponseLease).
             ResponseLease.attach(raw, lease, self._leases)
-        else:
-            lease.release()  # not a urllib3 response (a test double): nothing to wait for
+            return response
         if not options["stream"]:
             # The session would read the body right after this anyway; reading it inside the attempt
-            # makes a connection cut mid-body count against this instance, and be retried like any other.
+            # makes a connection cut mid-body count against this instance (Attempts releases the
+            # lease as a failure), and be retried like any other.
             response.content  # noqa: B018 - reading is the point
+        lease.release()  # the body is in, or not a urllib3 response (a test double): nothing to wait for
         return response
 
     def _add(
