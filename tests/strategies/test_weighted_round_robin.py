@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import tracemalloc
 from bisect import bisect_right
@@ -251,3 +252,28 @@ def test_streamed_picks_own_the_golden_stride_positions(weights: list[int], alig
     ends = list(accumulate(small))
     for k in range(min(3 * total, 4_000)):
         assert int(picker.pick().id[1:]) == bisect_right(ends, k * stride % total)
+
+
+# -- slow start: ramped picks -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [{}, {"build_budget": 1}, {"schedule_limit": 1}])
+def test_ramped_picks_scale_each_weight_by_its_factor(options: dict[str, int]) -> None:
+    picker = picker_for({"a": 5, "b": 3, "c": 1, "d": 1}, **options)
+    assert picker.ramped_pick({}) == picker.pick  # nothing ramps: the plain pick itself
+    ramped = picker.ramped_pick({"a": 0.5, "c": 0.1})
+    picks = 60_000
+    seen = Counter(ramped().id for _ in range(picks))
+    scaled = {"a": 2.5, "b": 3.0, "c": 0.1, "d": 1.0}
+    for key, weight in scaled.items():
+        assert seen[key] / picks == pytest.approx(weight / sum(scaled.values()), rel=0.04, abs=0.001), seen
+
+
+def test_ramped_picks_keep_a_ramping_instances_turns_spread_out() -> None:
+    picker = picker_for({"a": 4, "b": 4, "c": 2})
+    ramped = picker.ramped_pick({"a": 0.25})
+    sequence = [ramped().id for _ in range(2_000)]
+    gaps = [j - i for i, j in itertools.pairwise(k for k, key in enumerate(sequence) if key == "a")]
+    # a keeps one turn in four of its own: one pick in about 7 (1 / (1 + 4 + 2)), at even gaps.
+    assert max(gaps) <= 2 * min(gaps) + 2
+    assert sum(gaps) / len(gaps) == pytest.approx(7.0, rel=0.05)

@@ -41,7 +41,7 @@ import math
 import random
 from bisect import bisect_right
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from itertools import accumulate, chain, count, cycle, repeat
+from itertools import accumulate, chain, compress, count, cycle, repeat
 from math import gcd
 from operator import add, sub
 from typing import ClassVar, Literal
@@ -62,8 +62,10 @@ DEFAULT_SCHEDULE_LIMIT = 1 << 18
 #: Largest ``W * (distinct weights + 32)`` for the exact nginx build: at most about 150 ms of CPU.
 DEFAULT_BUILD_BUDGET = 1 << 22
 
-# The random phases of the turns slow start leaves out (`WeightedRoundRobinPicker.ramped_pick`).
+# The random phases of the turns slow start leaves out (`WeightedRoundRobinPicker.ramped_pick`), and
+# the most entries it builds for a step unless one cycle is longer.
 _ramp_random = random.Random()
+_RAMP_ENTRIES = 1 << 16
 
 # floor(2**64 / golden ratio): the stride fraction that spreads k * P mod W most evenly.
 _GOLDEN_64 = 0x9E3779B97F4A7C15
@@ -220,23 +222,24 @@ class WeightedRoundRobinPicker:
             position = {id(inst): index for index, inst in enumerate(instances)}
             order = self._order = [position[id(inst)] for inst in self._schedule]
         # Enough cycles for the ramping instances to keep about 8 turns each (an instance of weight 1
-        # at 10 % keeps one turn in 10 cycles), within the schedule limit; what rounding is left varies
-        # with the random phases, step after step, rather than always against the same instance.
+        # at 10 % keeps one turn in 10 cycles), within 65,536 entries (about 10 ms to build here) and
+        # the schedule limit; what rounding is left varies with the random phases, step after step,
+        # rather than always against the same instance.
         fewest = min(w * r for w, r in zip(self._weights, rates, strict=True))
-        cycles = max(1, min(self._limit // len(order), math.ceil(8 / fewest)))
+        cycles = max(1, min(min(self._limit, _RAMP_ENTRIES) // len(order), math.ceil(8 / fewest)))
+        # Which of its turns each instance keeps, in turn order (C-level from here on): all of them for
+        # a warm one; for a ramping one, turn j when floor(phase + (j + 1) * f) passes an integer.
         draw = _ramp_random.random
-        credit = [draw() for _ in rates]
-        kept: list[ServiceInstance] = []
-        keep = kept.append
-        for index in order * cycles:
-            rate = rates[index]
-            if rate < 1.0:
-                left = credit[index] + rate
-                if left < 1.0:
-                    credit[index] = left
-                    continue
-                credit[index] = left - 1.0
-            keep(instances[index])
+        keeps: list[Iterator[int]] = []
+        for weight, rate in zip(self._weights, rates, strict=True):
+            if rate >= 1.0:
+                keeps.append(repeat(1))
+            else:
+                phase = draw()
+                marks = [int(phase + j * rate) for j in range(weight * cycles + 1)]
+                keeps.append(iter(list(map(sub, marks[1:], marks[:-1]))))
+        turns = order * cycles
+        kept = list(compress(map(instances.__getitem__, turns), map(next, map(keeps.__getitem__, turns))))
         return cycle(kept).__next__
 
     def seed(self, in_flight: Mapping[str, int]) -> None:
@@ -334,17 +337,17 @@ def _stride_picker(
     # first position falls in its interval, and owners only grow along the line.
     owned = [-(-end // size) for end in ends]  # buckets starting before ends[i]
     counts = map(sub, owned, [0, *owned[:-1]])
-    table: list[ServiceInstance | None] = list(
-        map(instances.__getitem__, chain.from_iterable(map(repeat, range(n), counts)))
-    )
+    firsts = list(chain.from_iterable(map(repeat, range(n), counts)))
+    table: list[ServiceInstance | None] = list(map(instances.__getitem__, firsts))
     # A bucket where another instance's interval begins (past its first position) has several owners:
-    # its slot is None and the owner is found by bisecting between the first and the last of them.
+    # its slot is None and the owner is found by bisecting between the first and the last of them (the
+    # last to begin in it: ends come in order, so the last assignment stands).
     spans: dict[int, tuple[int, int]] = {}
-    for end in ends[:-1]:
-        if end & (size - 1):
+    mask = size - 1
+    for index, end in enumerate(ends[:-1], 1):
+        if end & mask:
             bucket = end >> shift
-            last = min(total, (bucket + 1) << shift) - 1
-            spans[bucket] = (bisect_right(ends, bucket << shift), bisect_right(ends, last))
+            spans[bucket] = (firsts[bucket], index)
             table[bucket] = None
     # Each next() draws a distinct ticket, atomic under the GIL; the rest is a pure function of it.
     # What the common case reads is bound as defaults: local reads, measured 8-15 % faster per pick
