@@ -3,8 +3,8 @@
 Ejected and draining instances are *skipped*, not removed: the picker is not rebuilt when one is
 ejected. While nothing is ejected or skipped the pick function is the picker's own ``pick`` (no cost);
 otherwise a wrapper that re-picks past skipped ones and brings ejected ones back on time. While an
-instance is in slow start: the picker's own pick over ramped weights, rebuilt once per step, if it
-offers ``ramped_pick``; otherwise a wrapper that thins the picks (see `zklb.slow_start`). With
+instance is in slow start: a pick function made once per step, the picker's own pick over ramped
+weights if it offers ``ramped_pick``, else its picks thinned (see `zklb.slow_start`). With
 ``prefer=``, which picker is in use is decided here too. Everything named ``*_locked`` runs under the
 pool's short lock.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from itertools import chain, islice, repeat, starmap
 
 from zklb._pool_state import PoolState, State
@@ -22,7 +22,7 @@ from zklb.instance import ServiceInstance
 from zklb.slow_start import Ramp
 from zklb.strategies import Picker
 
-__all__ = ["REPICKS", "PoolSkips", "choose", "pick_and_count", "thin"]
+__all__ = ["REPICKS", "PoolSkips", "choose", "pick_and_count", "thin", "thinning"]
 
 log = logging.getLogger("zklb.balancer")
 
@@ -127,9 +127,11 @@ class PoolSkips(PoolState):
             self._set_fast(True)
             self._pick = picker.pick
             self._keyed = getattr(picker, "pick_key", None)
-            ramped = None if picker.tracks_load else getattr(picker, "ramped_pick", None)
-            if started and ramp is not None and ramp.ramping and ramped is not None:
-                # Slow start by the picker itself, over ramped weights rebuilt at each step.
+            if started and ramp is not None and ramp.ramping:
+                # Slow start, a pick function per step: the picker over ramped weights if it offers
+                # ramped_pick, else its picks thinned (nothing to thin while all ramp at one pace).
+                if picker.tracks_load:
+                    self._set_fast(False)  # acquire() counts through the slow path, which thins
                 self._pick = self._ramped_locked(ramp, picker)
                 return notice
         if started and ramp is not None and ramp.ramping:
@@ -207,7 +209,7 @@ class PoolSkips(PoolState):
         if not ramp.building.acquire(blocking=False):
             return self._thinned(ramp)  # another pick is at it: thinning meanwhile
         try:
-            with self._lock:
+            with self._exclusive():  # (a refresh may hand phantom requests back to the picker)
                 picker = self._picker
                 build = False
                 if token is ramp.token and picker is not None:  # else replaced meanwhile
@@ -223,7 +225,10 @@ class PoolSkips(PoolState):
                 steps, factors = ramp.steps, ramp.accept
             if build:
                 assert picker is not None
-                ramped: Callable[[], ServiceInstance] = picker.ramped_pick(factors)  # type: ignore[attr-defined]
+                offer = None if picker.tracks_load else getattr(picker, "ramped_pick", None)
+                ramped: Callable[[], ServiceInstance] = (
+                    offer(factors) if offer is not None else thinning(picker.pick, factors, ramp.draw)
+                )
                 with self._lock:
                     if token is ramp.token and ramp.steps == steps and self._picker is picker:
                         ramp.ramped, ramp.ramped_for, ramp.ramped_step = ramped, picker, steps
@@ -245,8 +250,8 @@ class PoolSkips(PoolState):
         return thin(ramp, picker.pick(), picker.pick)
 
     def _pick_ramping(self) -> ServiceInstance:
-        """The pick function while some instance is in slow start: the usual pick, thinned (inline:
-        this runs on every pick while any instance ramps)."""
+        """The pick function while some instance is in slow start and some are skipped: the usual pick
+        (past skipped ones), thinned, with a look at the clock each time (ejections are rare)."""
         ramp = self._ramp
         assert ramp is not None
         now = self._clock()
@@ -257,20 +262,7 @@ class PoolSkips(PoolState):
                     self._refresh_locked()
             return self._pick()
         pick = self._pick_base
-        server = pick()
-        accept = ramp.accept
-        chance = accept.get(server.id)
-        if chance is None:
-            return server
-        draw = ramp.draw
-        for _ in range(_RAMP_DRAWS):
-            if draw() < chance:
-                return server
-            server = pick()
-            chance = accept.get(server.id)
-            if chance is None:
-                return server
-        return server
+        return thin(ramp, pick(), pick)
 
     def _set_fast(self, ok: bool) -> None:
         """Whether ``acquire()`` may take its fast path: only with nothing skipped and nothing queued,
@@ -311,6 +303,32 @@ def thin(ramp: Ramp, server: ServiceInstance, again: Callable[[], ServiceInstanc
             break
         server = drawn
     return server
+
+
+def thinning(
+    pick: Callable[[], ServiceInstance], accept: Mapping[str, float], draw: Callable[[], float]
+) -> Callable[[], ServiceInstance]:
+    """``pick`` thinned by one step's chances ``accept`` (`thin`, without a look at the clock); ``pick``
+    itself when nothing is thinned (every ramp at the same pace)."""
+    if not accept:
+        return pick
+    chance_of = accept.get
+
+    def thinned() -> ServiceInstance:
+        server = pick()
+        chance = chance_of(server.id)
+        if chance is None:
+            return server
+        for _ in range(_RAMP_DRAWS):
+            if draw() < chance:
+                return server
+            server = pick()
+            chance = chance_of(server.id)
+            if chance is None:
+                return server
+        return server
+
+    return thinned
 
 
 def choose(picker: Picker, skipped: Collection[str]) -> ServiceInstance | None:

@@ -13,8 +13,11 @@ pool's lock, once per step; meanwhile other picks are thinned (below). Any other
 load-aware ones, round robin, random) is *thinned*: while some instance ramps, a pick of instance
 ``i`` is kept with probability ``f_i / F`` and otherwise drawn again, where ``F`` is the largest ``f``
 (1 while any instance is past its ramp), so a strategy that gives ``i`` a share ``p_i`` gives it
-``p_i * f_i / sum(p_j * f_j)``; a pick then costs a clock read and a dict lookup more (and a draw for a
-ramping instance). When the last ramp ends, the balancer goes back to the strategy's bare pick.
+``p_i * f_i / sum(p_j * f_j)``. Thinned picks go through the same chain, a step's thinning function
+in place of the ramped picker: a dict lookup more per pick (and a draw for a ramping instance), none
+when every ramp keeps the same pace (nothing to thin). While some instance is ejected or draining, a
+wrapper thins the picks and looks at the clock on each. When the last ramp ends, the balancer goes back
+to the strategy's bare pick.
 
 When a ramp starts (`Ramp.start_of`): an instance that joins ramps from the later of two times: when
 this balancer first saw it, and its ``registered_at``; an instance already there when the balancer

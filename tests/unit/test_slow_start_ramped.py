@@ -11,13 +11,14 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 
 import pytest
 from tests.unit.conftest import FakeClock
 
 from zklb import HealthPolicy, LoadBalancer, ServiceInstance, SlowStart
 from zklb.membership import Membership
-from zklb.strategies import Picker, Strategy, WeightedRandom, WeightedRoundRobin
+from zklb.strategies import LeastRequest, Picker, Strategy, WeightedRandom, WeightedRoundRobin
 from zklb.strategies.weighted_random import WeightedRandomPicker
 
 WEIGHTS = (2, 1, 1, 1)
@@ -133,9 +134,12 @@ def test_the_ramped_picker_is_built_once_per_step_and_never_under_the_pools_lock
     assert not any(locked for _, locked in strategy.builds)
 
 
-def test_picks_from_many_threads_while_the_ramp_steps() -> None:
+@pytest.mark.parametrize(
+    "strategy", [WeightedRoundRobin(), LeastRequest(rng=random.Random(2))], ids=["ramped", "thinned"]
+)
+def test_picks_from_many_threads_while_the_ramp_steps(strategy: Strategy) -> None:
     clock = FakeClock()
-    lb, servers = pool(WeightedRoundRobin(), clock)
+    lb, servers = pool(strategy, clock)
     back_from_ejection(lb, servers[0], clock)
     members = set(servers)
     errors: list[BaseException] = []
@@ -176,3 +180,19 @@ def test_picks_from_many_threads_while_the_ramp_steps() -> None:
     for _ in range(2_000):  # a stretch: the next look sees the ramp over
         lb.get_server()
     assert lb._pick == lb._picker.pick  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("strategy", ["least_request", "round_robin", "power_of_two_choices"])
+def test_other_strategies_pick_bare_while_every_ramp_keeps_the_same_pace(strategy: str) -> None:
+    # All registered at once: every factor equal, nothing to thin, so the pick is the picker's own
+    # (behind the look at the clock every stretch); staggered, the picks are thinned.
+    now = datetime.now(UTC)
+    servers = [
+        ServiceInstance(id=f"i{k}", host="127.0.0.1", port=8000 + k, registered_at=now) for k in range(4)
+    ]
+    lb = LoadBalancer.static(servers, strategy=strategy, slow_start=SlowStart(window=3600.0))
+    assert lb._ramp is not None and lb._ramp.ramping
+    for _ in range(100):
+        lb.get_server()
+    assert lb._ramp.ramped == lb._picker.pick  # type: ignore[union-attr]
+    assert Counter(lb.get_server().id for _ in range(4_000)).keys() == {s.id for s in servers}
