@@ -119,7 +119,10 @@ class Pool(PoolInstall):
             try:
                 take = self._acquire_pick  # re-read as the owner: the picker may have been replaced
                 server = take() if take is not None else self._pick()  # pick and count (least conn.)
-                slot = self._slots.get(server.id) or StatsRecorder()
+                try:
+                    slot = self._slots[server.id]
+                except KeyError:  # as above
+                    slot = StatsRecorder()
                 next(slot.started)
             finally:
                 owner.append(True)

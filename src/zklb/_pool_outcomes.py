@@ -62,8 +62,7 @@ class PoolOutcomes(PoolSkips):
             if self._deferred and not self._draining_now:
                 self._drain()
         else:
-            next(slot.finished)
-        next(slot.requests)
+            next(slot.finished)  # (and one more request recorded: see StatsRecorder)
         # StatsRecorder.add_latency, written out: a call frame is a tenth of this path's cost.
         slot.last_latency = latency
         ewma = slot.latency_ewma
@@ -118,8 +117,11 @@ class PoolOutcomes(PoolSkips):
             if mirror is not None and key in self._tls_ids:
                 mirror.released(server, success, latency or 0.0)
         if not record or self._slots.get(key) is not slot:
-            return None  # nothing to record, or the instance left the pool while the request ran
-        next(slot.requests)
+            if counted:  # ended, not recorded: nothing learnt, or the instance left while it ran
+                slot.unrecorded += 1
+            return None
+        if not counted:
+            slot.unrecorded -= 1  # an outcome reported outside a lease: a request no lease ended
         if (
             success
             and slot.consecutive_failures

@@ -104,8 +104,7 @@ class Lease:
             if self._success is None and pool._lock_free and not slot.attention:
                 # The common case, which the pool would do the same way, without a call: counted and
                 # averaged on the lock-free counters (see StatsRecorder).
-                next(slot.finished)
-                next(slot.requests)
+                next(slot.finished)  # (and one more request recorded: see StatsRecorder)
                 slot.last_latency = latency
                 ewma = slot.latency_ewma
                 slot.latency_ewma = latency if ewma is None else ewma + EWMA_ALPHA * (latency - ewma)

@@ -34,9 +34,12 @@ def count_value(counter: count[int]) -> int:
 class StatsRecorder:
     """The counters of one instance in one pool: requests in flight, outcomes, latency.
 
-    Built for a hot path without a lock. ``started``, ``finished`` and ``requests`` are
-    `itertools.count` objects: ``next()`` on one is a single C call, atomic under the GIL, so
-    concurrent leases never lose a count, and the in-flight count is ``started - finished``. The
+    Built for a hot path without a lock. ``started`` and ``finished`` are `itertools.count` objects:
+    ``next()`` on one is a single C call, atomic under the GIL, so concurrent leases never lose a
+    count, and the in-flight count is ``started - finished``. Requests recorded are ``finished``
+    minus ``unrecorded``: nearly every finished request is one, so the hot path counts nothing more;
+    the few exceptions (a cancelled request, one that ends after its instance left, an outcome
+    reported outside a lease) adjust ``unrecorded``, under the pool's lock. The
     latency average is a plain read-modify-write: a sample lost to a race leaves a moving average
     as useful as before. ``failures``, ``consecutive_failures`` and ``attention`` change only under
     the pool's lock; ``attention`` is True while a success must take that lock (failures in a row
@@ -52,9 +55,9 @@ class StatsRecorder:
         "finished",
         "last_latency",
         "latency_ewma",
-        "requests",
         "started",
         "streak_began",
+        "unrecorded",
     )
 
     def __init__(self) -> None:
@@ -64,7 +67,7 @@ class StatsRecorder:
 
     def forget(self) -> None:
         """Drop the outcome statistics (the instance rejoined); requests in flight stay counted."""
-        self.requests = count()
+        self.unrecorded = count_value(self.finished)  # none recorded since
         self.failures = 0
         self.consecutive_failures = 0
         self.streak_began = 0.0  # perf_counter() at the first of the current failures in a row
@@ -77,6 +80,10 @@ class StatsRecorder:
         finished = count_value(self.finished)
         return count_value(self.started) - finished
 
+    def requests(self) -> int:
+        """Requests recorded: ended with an outcome while the instance was in the pool."""
+        return count_value(self.finished) - self.unrecorded
+
     def add_latency(self, latency: float) -> None:
         """Feed one request's latency (seconds) into the moving average."""
         self.last_latency = latency
@@ -87,7 +94,7 @@ class StatsRecorder:
         """A frozen copy, with the ejection state passed in."""
         return InstanceStats(
             in_flight=self.in_flight(),
-            requests=count_value(self.requests),
+            requests=self.requests(),
             failures=self.failures,
             consecutive_failures=self.consecutive_failures,
             latency_ewma=self.latency_ewma,

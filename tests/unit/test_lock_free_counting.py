@@ -230,3 +230,35 @@ def test_least_connections_counts_converge_with_threads_racing_owners_and_picker
     assert sorted(lease.server.id for lease in held) == sorted(2 * list(members.by_id))
     for lease in held:
         lease.release()
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "least_connections"])
+def test_requests_recorded_are_the_finished_ones_with_an_outcome_in_the_pool(strategy: str) -> None:
+    lb = LoadBalancer.static(SERVERS[:2], strategy=strategy)
+    members = lb.membership
+    one, other = members.instances
+    for end in ("block", "release", "failure", "cancel", "interrupt"):
+        lease = lb.acquire(exclude=[other])
+        if end == "block":
+            with lease:
+                pass
+        elif end == "release":
+            lease.release()
+        elif end == "failure":
+            lease.release(False)
+        elif end == "cancel":
+            lease.cancel()  # abandoned: nothing learnt, not a request recorded
+        else:
+            with pytest.raises(KeyboardInterrupt), lease:
+                raise KeyboardInterrupt
+    assert lb.stats()[one.id].requests == 3
+    lb.report(one, success=True, latency=0.01)  # a server from get_server(): recorded, no lease ended
+    assert (lb.stats()[one.id].requests, lb.stats()[one.id].in_flight) == (4, 0)
+    late = lb.acquire(exclude=[other])
+    lb._install(Membership(members.service, members.version + 1, (other,)))
+    late.release()  # ended after its instance left: not recorded
+    lb._install(Membership(members.service, members.version + 2, members.instances))
+    assert (lb.stats()[one.id].requests, lb.stats()[one.id].in_flight) == (0, 0)  # rejoined: afresh
+    with lb.acquire(exclude=[other]):
+        pass
+    assert lb.stats()[one.id].requests == 1
