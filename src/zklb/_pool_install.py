@@ -85,6 +85,9 @@ class PoolInstall(PoolOutcomes):
             self._draining = draining
             self._acquire_pick = take
             self._lock_free = take is None
+            self._released = picker.released if picker is not None and take is not None else None
+            if self._tls_mirror is not None:
+                self._released = None  # two pickers to tell: the pool's own path (_finish)
             self._phantom = {}  # the new picker was seeded with real counts only
             notice = self._refresh_locked()
         if notice:

@@ -158,6 +158,7 @@ class PoolSkips(PoolState):
             self._picker = want
             self._acquire_pick = take
             self._lock_free = take is None
+            self._released = want.released if take is not None and self._tls_mirror is None else None
             self._phantom = {}
         return self._picker
 

@@ -79,6 +79,7 @@ class PoolState:
         "_preferred",
         "_preferred_ids",
         "_ramp",
+        "_released",
         "_selection",
         "_skipped",
         "_slots",
@@ -138,6 +139,9 @@ class PoolState:
         # A load-tracking picker's pick-and-count (run by the owner), or None: counting is lock-free.
         self._acquire_pick: Callable[[], ServiceInstance] | None = None
         self._lock_free = True  # no load-tracking picker: a lease's success needs no lock (lease.py)
+        # The load-tracking picker's ``released`` while it is the only picker to tell, else None: what
+        # a lease's ordinary success calls as the owner of the counts (lease.py).
+        self._released: Callable[[ServiceInstance, bool, float], None] | None = None
         # The counters of each instance in the membership (swapped with it), and of instances that left
         # with requests in flight (so that one coming back has its count).
         self._slots: dict[str, StatsRecorder] = {}

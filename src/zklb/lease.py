@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sized
 from contextvars import ContextVar, Token
 from time import perf_counter
 from types import TracebackType
@@ -18,9 +19,19 @@ class _Pool(Protocol):
 
     ``_lock_free`` is True while an ordinary success (its counters' ``attention`` unset) is recorded
     by counting and averaging on the counters alone: the pool has no load-tracking picker to tell.
+    Otherwise ``_released`` is that picker's ``released`` when it is the only one to tell, called as
+    the owner of the counts (``_owner``, see ``zklb._pool``); the rest goes through ``_finish``.
     """
 
     _lock_free: bool
+    _released: Callable[[ServiceInstance, bool, float], None] | None
+    _owner: list[bool]
+    _draining_now: bool
+
+    @property
+    def _deferred(self) -> Sized: ...  # releases queued meanwhile (_drain applies them)
+
+    def _drain(self) -> object: ...
 
     def _finish(
         self, slot: StatsRecorder, server: ServiceInstance, success: bool, latency: float | None
@@ -108,6 +119,30 @@ class Lease:
                 slot.last_latency = latency
                 ewma = slot.latency_ewma
                 slot.latency_ewma = latency if ewma is None else ewma + EWMA_ALPHA * (latency - ewma)
+                return
+            released = pool._released
+            if released is not None and self._success is None and not slot.attention:
+                # Least connections, written out likewise: as the owner of the picker's counts.
+                owner = pool._owner
+                try:
+                    owner.pop()
+                except IndexError:  # owned elsewhere: the pool queues it
+                    pool._finish(slot, self.server, True, latency)
+                    return
+                if pool._released is not released:  # re-read as the owner: the picker was replaced
+                    owner.append(True)
+                    pool._finish(slot, self.server, True, latency)
+                    return
+                try:
+                    next(slot.finished)
+                    released(self.server, True, latency)
+                finally:
+                    owner.append(True)
+                slot.last_latency = latency
+                ewma = slot.latency_ewma
+                slot.latency_ewma = latency if ewma is None else ewma + EWMA_ALPHA * (latency - ewma)
+                if pool._deferred and not pool._draining_now:
+                    pool._drain()  # releases queued meanwhile
                 return
             pool._finish(slot, self.server, self._success is not False, latency)
         elif issubclass(exc_type, Exception):

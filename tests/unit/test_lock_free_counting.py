@@ -187,7 +187,13 @@ def test_least_connections_counts_converge_with_threads_racing_owners_and_picker
                 held.append(lb.acquire())
                 if len(held) > 1 + k % 3 or i % 5 == 0:
                     lease = held.pop(0)
-                    lease.release(i % 11 != 0)  # a failure now and then: the locked path
+                    if i % 11 == 0:
+                        lease.release(False)  # a failure now and then: the locked path
+                    elif i % 2:
+                        lease.release()
+                    else:
+                        with lease:  # (a block's end has a path of its own)
+                            pass
             for lease in held:
                 lease.release()
         except BaseException as exc:

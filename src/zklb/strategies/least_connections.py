@@ -211,8 +211,9 @@ class LeastConnectionsPicker(LevelStructure):
 
         The fast path is an instance picked by ``acquire_pick()`` that comes back to the lowest load.
         """
-        i = self._index.get(instance.id)
-        if i is None:
+        try:
+            i = self._index[instance.id]
+        except KeyError:
             return
         keys = self._keys
         key = keys[i] - self._step2[i]
