@@ -114,18 +114,21 @@ class Pool(PoolInstall):
             owner = self._owner
             try:
                 owner.pop()
-            except IndexError:  # another thread owns them, or this one, further up (a finaliser)
+            except IndexError:  # another thread owns them: the locked path waits its turn
                 return self._acquire_slow(exclude, key)
             try:
                 take = self._acquire_pick  # re-read as the owner: the picker may have been replaced
-                server = take() if take is not None else self._pick()  # pick and count (least conn.)
-                try:
-                    slot = self._slots[server.id]
-                except KeyError:  # as above
-                    slot = StatsRecorder()
-                next(slot.started)
+                if take is not None:
+                    server = take()  # pick and count (least connections)
+                    try:
+                        slot = self._slots[server.id]
+                    except KeyError:  # as above
+                        slot = StatsRecorder()
+                    next(slot.started)
             finally:
                 owner.append(True)
+            if take is None:  # replaced by one that does not track load: the general path, not owning
+                return self._acquire_slow(exclude, key)  # (its pick function may need the ownership)
         # Lease(self, server, slot, perf_counter()), written out: the call is a tenth of this path.
         lease = _new(Lease)
         lease.server = server
