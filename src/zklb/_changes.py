@@ -19,9 +19,18 @@ MAX_LISTED = 5
 def describe_change(before: Membership, after: Membership) -> str | None:
     """``"joined a (http://..), ...; left ...; changed b (http://..: weight 1->3)"``; None if nothing did."""
     old, new = before.by_id, after.by_id
-    joined = [new[key] for key in new.keys() - old.keys()]
-    left = [old[key] for key in old.keys() - new.keys()]
-    changed = [(old[key], new[key]) for key in new.keys() & old.keys() if old[key] != new[key]]
+    delta = after._change_from(before)
+    if delta is not None:  # derived from ``before``: O(changes), where a comparison of all is O(n)
+        joined = [inst for inst in delta.upserted if inst.id not in old]
+        left = [old[key] for key in delta.removed]
+        changed = [(old[i.id], i) for i in delta.upserted if i.id in old and old[i.id] != i]
+    else:
+        joined = [new[key] for key in new.keys() - old.keys()]
+        left = [old[key] for key in old.keys() - new.keys()]
+        # Identity first: the unchanged instances are mostly the very same objects.
+        changed = [
+            (a, b) for key in new.keys() & old.keys() if (a := old[key]) is not (b := new[key]) and a != b
+        ]
     parts = []
     if joined:
         parts.append("joined " + _listed([_named(inst) for inst in sorted(joined, key=_by_id)]))

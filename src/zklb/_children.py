@@ -10,8 +10,9 @@ A znode the codec rejects is left out and its reason logged once (again only if 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -23,7 +24,7 @@ from zklb.codecs import Codec
 from zklb.errors import InstanceSkipped, InvalidInstance
 from zklb.instance import ServiceInstance
 
-__all__ = ["MAX_MALFORMED_REMEMBERED", "Child", "ChildReader"]
+__all__ = ["MAX_MALFORMED_REMEMBERED", "Child", "ChildReader", "instance_changes", "leaving_alone"]
 
 log = logging.getLogger("zklb.discovery")
 
@@ -39,6 +40,7 @@ class Child:
 
     mzxid: int
     instance: ServiceInstance | None  # None: malformed or disabled, so not served
+    owner: int = 0  # the session of an ephemeral znode (0: a persistent one)
 
 
 class ChildReader:
@@ -95,25 +97,27 @@ class ChildReader:
                 moved.add(name)
         return moved
 
-    def read(self, client: KazooClient, on_data: Watch, names: set[str], known: dict[str, Child]) -> bool:
-        """Read ``names`` pipelined (one get_async each, re-arming data watches) into ``known``."""
+    def read(self, client: KazooClient, on_data: Watch, names: set[str], known: dict[str, Child]) -> set[str]:
+        """Read ``names`` pipelined (one get_async each, re-arming data watches) into ``known``; return
+        the names whose entry changed (added, replaced or gone)."""
         # Sorted, so that `known` stays nearly in id order and each snapshot's sort is close to O(n).
         pending: dict[str, Any] = {
             name: client.get_async(f"{self.path}/{name}", watch=on_data) for name in sorted(names)
         }
         self._read(len(pending))
-        changed = False
+        changed = set()
         for name, result in pending.items():
             try:
                 data, stat = result.get(timeout=self._request_timeout)
             except NoNodeError:
-                changed |= known.pop(name, None) is not None
+                if known.pop(name, None) is not None:
+                    changed.add(name)
                 continue
             previous = known.get(name)
             if previous is not None and previous.mzxid == stat.mzxid:
                 continue
-            known[name] = Child(stat.mzxid, self._decode(name, data))
-            changed = True
+            known[name] = Child(stat.mzxid, self._decode(name, data), stat.ephemeralOwner)
+            changed.add(name)
         return changed
 
     def _decode(self, name: str, data: bytes) -> ServiceInstance | None:
@@ -141,3 +145,51 @@ class ChildReader:
                 self._malformed.clear()
             self._malformed[name] = message
             log.log(level, "%s", message)
+
+
+_owner = attrgetter("owner")
+
+
+def leaving_alone(known: Mapping[str, Child], gone: set[str]) -> bool:
+    """True when no other child of ``known`` shares a session with the deleted ``gone`` ones.
+
+    A registrar's session that closes deletes all its znodes at once, and ZooKeeper reports them one
+    by one: publishing the first deletions before the others arrive would show a pool shrinking step
+    by step, where the empty-pool grace must see it all go at once. C-level O(n).
+    """
+    owners = {owner for name in gone if (owner := known[name].owner)}
+    if not owners:
+        return True  # persistent znodes: each deletion is a request of its own
+    sessions = sum(map(owners.__contains__, map(_owner, known.values())))
+    return sessions == sum(1 for name in gone if known[name].owner)
+
+
+def instance_changes(
+    before: dict[str, Child], after: dict[str, Child], touched: set[str], held: Mapping[str, ServiceInstance]
+) -> tuple[list[str], list[ServiceInstance]] | None:
+    """The ids gone and the instances added or replaced when the ``touched`` children of ``before``
+    became those of ``after``, ``held`` being the snapshot built from ``before``: O(touched).
+
+    None if an instance would take an id another instance still holds: the caller builds the whole
+    snapshot, which refuses duplicates.
+    """
+    removed: list[str] = []
+    upserted: list[ServiceInstance] = []
+    released: set[str] = set()  # ids the touched children held before
+    for name in touched:
+        old = before.get(name)
+        new = after.get(name)
+        old_instance = None if old is None else old.instance
+        new_instance = None if new is None else new.instance
+        if old_instance is new_instance:
+            continue
+        if old_instance is not None:
+            released.add(old_instance.id)
+            if new_instance is None or new_instance.id != old_instance.id:
+                removed.append(old_instance.id)
+        if new_instance is not None:
+            upserted.append(new_instance)
+    ids = {inst.id for inst in upserted}
+    if len(ids) != len(upserted) or any(key in held and key not in released for key in ids):
+        return None
+    return removed, upserted

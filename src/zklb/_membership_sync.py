@@ -20,13 +20,14 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException
 from kazoo.protocol.states import EventType, WatchedEvent
 
-from zklb._children import Child, ChildReader
+from zklb._children import Child, ChildReader, instance_changes, leaving_alone
 from zklb._grace import EmptyGrace
 from zklb._publisher import MembershipPublisher
 from zklb._rewatch import Rewatcher, WatchSet
 from zklb._worker import ClientWorker, Job
 from zklb._zk import TRANSIENT_ERRORS, drop_watches
 from zklb.codecs import Codec
+from zklb.membership import Membership
 
 __all__ = ["RETRY_DELAY", "MembershipSync", "RunWatches", "WatcherState"]
 
@@ -105,6 +106,10 @@ class MembershipSync:
         self._children_dirty = True
         self._rearm = False
         self._data_dirty: set[str] = set()
+        self._deleted: set[str] = set()  # children a data watch saw deleted: applied before any read
+        # The children the current snapshot was built from, and that snapshot: while both are current,
+        # the next one is derived from the changed children alone (O(changes), not O(n)).
+        self._basis: tuple[dict[str, Child], Membership] | None = None
         self._job: Job | None = None  # the sync of the current run, on the client's worker
         # Re-arms this run's watches with SetWatches after a reconnect (None: kazoo not as expected).
         self._rewatcher: Rewatcher | None = None
@@ -178,10 +183,13 @@ class MembershipSync:
             elif event.type == EventType.CHANGED:
                 self._data_dirty.add(event.path.rsplit("/", 1)[-1])
             else:
-                # Deleted: it may be back (same name) before the list is read; read it too, so that a
-                # re-created child is seen and watched again.
+                # Deleted (or created, after an exists): it may be back (same name) before the list is
+                # read; read it too, so that a re-created child is seen and watched again.
                 self._children_dirty = True
-                self._data_dirty.add(event.path.rsplit("/", 1)[-1])
+                name = event.path.rsplit("/", 1)[-1]
+                self._data_dirty.add(name)
+                if event.type == EventType.DELETED:
+                    self._deleted.add(name)
         self._schedule(0.0)
 
     # -- the sync, on the worker thread -----------------------------------------------------------------
@@ -197,10 +205,11 @@ class MembershipSync:
             children_dirty, self._children_dirty = self._children_dirty, False
             rearm, self._rearm = self._rearm, False
             data_dirty, self._data_dirty = self._data_dirty, set()
+            deleted, self._deleted = self._deleted, set()
         if not (children_dirty or rearm or data_dirty):
             return
         try:
-            self._sync(client, watches, children_dirty or rearm, rearm, data_dirty)
+            self._sync(client, watches, children_dirty or rearm, rearm, data_dirty, deleted=deleted)
         except (KazooException, *TRANSIENT_ERRORS) as exc:
             # Keep the work for later; the last membership stays published meanwhile.
             log.info("membership sync of %s deferred: %r", self.path, exc)
@@ -218,10 +227,28 @@ class MembershipSync:
             watches.drop(client, self.path)
 
     def _sync(
-        self, client: KazooClient, watches: RunWatches, list_children: bool, rearm: bool, data_dirty: set[str]
+        self,
+        client: KazooClient,
+        watches: RunWatches,
+        list_children: bool,
+        rearm: bool,
+        data_dirty: set[str],
+        *,
+        deleted: set[str],
     ) -> None:
         known = self._children
-        changed = False
+        gone = deleted & known.keys()
+        if gone and leaving_alone(known, gone):
+            # ZooKeeper said these are deleted: a leave is published before any round trip (the list
+            # read below re-arms the children watch, and sees a child re-created meanwhile).
+            before, known = known, dict(known)
+            for name in gone:
+                del known[name]
+                self._reader.forget(name)
+            self._children = known
+            self._publish(before, known, gone)
+        before = known
+        touched: set[str] = set()
         to_read: set[str] = set()
         if list_children:
             current = set(self._reader.list_children(client, watches.on_children, watches.on_data) or ())
@@ -229,26 +256,45 @@ class MembershipSync:
             for name in removed:
                 self._reader.forget(name)
             if removed:
-                known = {name: child for name, child in known.items() if name in current}
-                changed = True
+                known = dict(known)
+                for name in removed:
+                    del known[name]
+                touched |= removed
             to_read = current - known.keys()
             if rearm:
                 to_read |= self._reader.moved_since_read(client, watches.on_data, known)
         to_read |= data_dirty & known.keys()
         if to_read:
             known = dict(known)
-            changed |= self._reader.read(client, watches.on_data, to_read, known)
+            touched |= self._reader.read(client, watches.on_data, to_read, known)
         if watches.generation != self._generation:
             return  # stopped following while reading: what was read belongs to no one now
-        if changed:
+        if touched:
             self._children = known
+        if touched or self._grace.held_since is not None or not self._snapshots.loaded.is_set():
+            self._publish(before, known, touched)
+
+    def _publish(self, before: dict[str, Child], known: dict[str, Child], touched: set[str]) -> None:
+        """Publish the snapshot of ``known`` (the ``touched`` children of ``before`` changed), unless
+        the empty-pool grace holds the last one."""
         loaded = self._snapshots.loaded.is_set()
-        if not (changed or self._grace.held_since is not None or not loaded):
-            return
-        instances = tuple(c.instance for c in known.values() if c.instance is not None)
+        published = self._snapshots.membership
+        membership = None
+        if loaded and self._basis is not None and self._basis[0] is before and self._basis[1] is published:
+            changes = instance_changes(before, known, touched, published.by_id)
+            if changes is not None:
+                membership = self._snapshots.derived(*changes)
+        if membership is None:
+            membership = self._snapshots.successor(
+                tuple(c.instance for c in known.values() if c.instance is not None)
+            )
+            if membership is None:  # refused (duplicate ids): logged; the last snapshot stays
+                self._basis = None
+                return
         with self._lock:  # hold() may take ids out of `departing`, which a balancer's thread adds to
-            remaining = self._grace.hold(self._snapshots.membership.by_id, instances, loaded=loaded)
+            remaining = self._grace.hold(published.by_id, membership.instances, loaded=loaded)
         if remaining is not None:
+            self._basis = None
             worker = self._worker
             if worker is not None:  # look again when the grace is over
                 generation = self._generation
@@ -258,7 +304,8 @@ class MembershipSync:
         if self._grace.departing:
             with self._lock:
                 self._grace.keep_departing(known)
-        self._snapshots.publish(instances)
+        self._basis = (known, membership)
+        self._snapshots.publish(membership)
 
     def _expect_departure(self, instance_id: str) -> None:
         """This process is removing ``instance_id`` on purpose: its going is not a blip to ride out."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 
 from zklb._changes import describe_change
 from zklb.instance import ServiceInstance
@@ -64,13 +64,22 @@ class MembershipPublisher:
                 self._published.wait(remaining)
             return True
 
-    def publish(self, instances: tuple[ServiceInstance, ...]) -> None:
-        """Make ``instances`` the next snapshot: wake waiters, log the change, deliver it to listeners."""
+    def successor(self, instances: tuple[ServiceInstance, ...]) -> Membership | None:
+        """The next snapshot, of ``instances``; None (and a warning) if two of them share an id."""
         try:
-            membership = Membership(self.service, self.membership.version + 1, instances)
+            return Membership(self.service, self.membership.version + 1, instances)
         except ValueError as exc:  # two znodes claiming one id cannot happen with id == name, but be safe
             log.warning("membership of %s not published: %s", self.path, exc)
-            return
+            return None
+
+    def derived(self, removed: Collection[str], upserted: Sequence[ServiceInstance]) -> Membership:
+        """The next snapshot: the current one less ``removed`` ids, with ``upserted`` added or replaced
+        (distinct ids, none held by an instance that stays). O(changes): see `Membership._derive`."""
+        return self.membership._derive(self.membership.version + 1, removed, upserted)
+
+    def publish(self, membership: Membership) -> None:
+        """Make ``membership`` (`successor` or `derived`) current: wake waiters, log the change, and
+        deliver it to listeners."""
         with self._published:
             previous, self.membership = self.membership, membership
             self._published.notify_all()
