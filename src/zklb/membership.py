@@ -8,7 +8,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from types import MappingProxyType
-from typing import Any, cast
+from typing import cast
 
 from zklb.instance import ServiceInstance
 
@@ -56,10 +56,6 @@ class Membership:
             raise ValueError(f"membership of {self.service!r} has duplicate instance ids")
         object.__setattr__(self, "instances", ordered)
         object.__setattr__(self, "by_id", MappingProxyType(by_id))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # The change's weak reference cannot be pickled, and means nothing in another process.
-        return (Membership, (self.service, self.version, self.instances))
 
     def __len__(self) -> int:
         return len(self.instances)

@@ -1,0 +1,76 @@
+"""ServiceWatcher on a real ZooKeeper: what one change costs and when it shows."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from kazoo.client import KazooClient
+
+from zklb import ServiceWatcher
+from zklb.codecs.curator import CuratorCodec
+from zklb.instance import ServiceInstance
+
+codec = CuratorCodec()
+
+
+def create(zk: KazooClient, service: str, key: str, *, ephemeral: bool = False) -> None:
+    instance = ServiceInstance(id=key, host="10.0.0.1", port=80)
+    zk.create(
+        f"/services/{service}/{key}", codec.encode(service, instance), ephemeral=ephemeral, makepath=True
+    )
+
+
+@contextmanager
+def held_list(watcher: ServiceWatcher) -> Iterator[threading.Event]:
+    """Hold the watcher's next children-list read until the block ends; yields "the read began"."""
+    reader = watcher._reader
+    real = reader.list_children
+    began, release = threading.Event(), threading.Event()
+
+    def held(client: KazooClient, on_children: Any, on_data: Any) -> list[str] | None:
+        began.set()
+        assert release.wait(10)
+        return real(client, on_children, on_data)
+
+    reader.list_children = held  # type: ignore[method-assign]
+    try:
+        yield began
+    finally:
+        release.set()
+        reader.list_children = real  # type: ignore[method-assign]
+
+
+def test_a_leave_is_published_before_the_children_list_is_read_back(
+    zk: KazooClient, zk_hosts: str, service: str
+) -> None:
+    for key in ("a", "b", "c"):
+        create(zk, service, key)
+    with ServiceWatcher(zk_hosts, service) as watcher:
+        assert watcher.wait_for(lambda m: len(m) == 3, 10)
+        with held_list(watcher) as began:
+            zk.delete(f"/services/{service}/b")
+            assert began.wait(10)
+            # The list read (a round trip, and O(n) to decode) has not answered yet: the deletion
+            # ZooKeeper reported on b's data watch is already served.
+            assert set(watcher.membership.by_id) == {"a", "c"}
+        create(zk, service, "b")  # and the re-armed watches see it come back
+        assert watcher.wait_for(lambda m: set(m.by_id) == {"a", "b", "c"}, 10)
+
+
+def test_a_leave_whose_session_still_holds_others_waits_for_the_list(
+    zk: KazooClient, zk_hosts: str, service: str
+) -> None:
+    # One session's znodes: when a session closes ZooKeeper deletes all of them and reports them one
+    # by one, and the empty-pool grace must see them go at once, so no single deletion is served early.
+    for key in ("a", "b"):
+        create(zk, service, key, ephemeral=True)
+    with ServiceWatcher(zk_hosts, service) as watcher:
+        assert watcher.wait_for(lambda m: len(m) == 2, 10)
+        with held_list(watcher) as began:
+            zk.delete(f"/services/{service}/b")
+            assert began.wait(10)
+            assert set(watcher.membership.by_id) == {"a", "b"}
+        assert watcher.wait_for(lambda m: set(m.by_id) == {"a"}, 10)
