@@ -9,7 +9,8 @@ against a raw kazoo read and against what a user would write instead, **baseline
     bash scripts/bench.sh                      # the full run (a few minutes)
     python benchmarks/report.py --smoke --out /tmp/bench   # every scenario at tiny sizes (CI)
 
-``--hosts`` uses a running ZooKeeper instead of starting an ensemble. Plots need the ``bench`` extra
+``--hosts`` uses a running ZooKeeper instead of starting an ensemble; ``--only one_change,churn`` runs
+some scenarios alone (``--help`` lists them). Plots need the ``bench`` extra
 (matplotlib); without it the report is written without them.
 """
 
@@ -33,6 +34,20 @@ from scenarios_zk import initial_load, one_change
 
 import zklb
 from zklb.testing import ZooKeeperEnsemble
+
+#: The scenarios, in the order they run (``--only`` picks some); the last five need ZooKeeper.
+SCENARIOS = (
+    "hot_path",
+    "stats_stall",
+    "memory",
+    "threads",
+    "initial_load",
+    "one_change",
+    "churn",
+    "fanout",
+    "transport",
+)
+ZOOKEEPER_SCENARIOS = frozenset(SCENARIOS[4:])
 
 
 def machine() -> str:
@@ -132,7 +147,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hosts", help="a running ZooKeeper to use instead of starting a 3-node ensemble")
     parser.add_argument("--out", default="docs", help="directory for benchmarks.md and the plots")
     parser.add_argument("--size", type=int, default=None, help="instances for the ZooKeeper scenarios")
+    parser.add_argument(
+        "--only",
+        type=lambda text: set(text.split(",")),
+        default=set(SCENARIOS),
+        metavar="NAME,...",
+        help=f"run only these scenarios, out of {', '.join(SCENARIOS)} (default: all)",
+    )
     args = parser.parse_args(argv)
+    unknown = args.only - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
+    only = args.only
     smoke = args.smoke
     sizes = [20, 200] if smoke else [1_000, 10_000]
     n = args.size or (30 if smoke else 10_000)
@@ -150,38 +176,51 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     # Short bursts, many rounds: on a shared machine a burst the scheduler interrupts is an outlier
     # the median of the per-round ratios ignores, where a long burst would rarely escape one.
-    curves = hot_path(report, sizes, 200 if smoke else 500, 3 if smoke else 120)
-    stats_stall(report, sizes[-1], 0.05 if smoke else 1.0)
-    memory(report, sizes[-1])
-    rates = threads(report, sizes[0], 0.05 if smoke else 0.5, 1 if smoke else 3)
+    curves: dict[str, dict[int, float]] = {}
+    rates: dict[str, dict[int, float]] = {}
+    if "hot_path" in only:
+        curves = hot_path(report, sizes, 200 if smoke else 500, 3 if smoke else 120)
+    if "stats_stall" in only:
+        stats_stall(report, sizes[-1], 0.05 if smoke else 1.0)
+    if "memory" in only:
+        memory(report, sizes[-1])
+    if "threads" in only:
+        rates = threads(report, sizes[0], 0.05 if smoke else 0.5, 1 if smoke else 3)
 
     def zookeeper(hosts: str, ensemble: ZooKeeperEnsemble | None) -> None:
         writer = KazooClient(hosts=hosts, timeout=30)
         writer.start(timeout=30)
         try:
-            initial_load(report, hosts, writer, n)
-            one_change(report, hosts, writer, n, 6 if smoke else 30)
-            churn(report, hosts, writer, n, rate=20 if smoke else 100, seconds=1 if smoke else 30)
-            fanout(
-                report,
-                hosts,
-                writer,
-                clients=3 if smoke else 200,
-                n=5 if smoke else 100,
-                changes=2 if smoke else 10,
-                ensemble=ensemble,
-            )
-            transport_overhead(report, hosts, 50 if smoke else 2000, 2 if smoke else 9)
+            if "initial_load" in only:
+                initial_load(report, hosts, writer, n)
+            if "one_change" in only:
+                one_change(report, hosts, writer, n, 6 if smoke else 30)
+            if "churn" in only:
+                churn(report, hosts, writer, n, rate=20 if smoke else 100, seconds=1 if smoke else 30)
+            if "fanout" in only:
+                fanout(
+                    report,
+                    hosts,
+                    writer,
+                    clients=3 if smoke else 200,
+                    n=5 if smoke else 100,
+                    changes=2 if smoke else 10,
+                    ensemble=ensemble,
+                )
+            if "transport" in only:
+                transport_overhead(report, hosts, 50 if smoke else 2000, 2 if smoke else 9)
         finally:
             writer.stop()
             writer.close()
 
-    if args.hosts:
-        zookeeper(args.hosts, None)  # no member to restart: the fan-out's storm is left out
-    else:
-        with ZooKeeperEnsemble(size=3) as ensemble:
-            zookeeper(ensemble.hosts, ensemble)
-    plot(report, out, curves, rates)
+    if not only.isdisjoint(ZOOKEEPER_SCENARIOS):
+        if args.hosts:
+            zookeeper(args.hosts, None)  # no member to restart: the fan-out's storm is left out
+        else:
+            with ZooKeeperEnsemble(size=3) as ensemble:
+                zookeeper(ensemble.hosts, ensemble)
+    if curves or rates:
+        plot(report, out, curves, rates)
     print(f"\nwritten: {write_markdown(report, out, argv if argv is not None else sys.argv[1:])}")
 
 
