@@ -446,6 +446,8 @@ class LoadBalancer(Pool):
         self._installed = threading.Condition(threading.Lock())
         self._start_lock = threading.Lock()
         self._starting = None  # a start in progress ran on a thread this process does not have
+        if self._ramp is not None:
+            self._ramp.building = threading.Lock()  # held by a ramped build on another thread, maybe
         handle = self._handle
         if handle is not None and not handle.reconnects_after_fork and self._state is State.STARTED:
             self._state = State.NEW
