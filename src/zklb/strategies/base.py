@@ -33,10 +33,11 @@ class Picker(Protocol):
 
     ``tracks_load`` False lets the balancer skip ``acquired()``/``released()`` calls on every request.
     A picker that tracks load may also offer ``acquire_pick() -> ServiceInstance``: ``pick()`` and
-    ``acquired()`` in one call, which the balancer then uses under its lock in ``acquire()``. One that
-    does not may offer ``ramped_pick(factors: Mapping[str, float]) -> Callable[[], ServiceInstance]``:
-    a pick function over the same instances with each weight times its factor (id -> factor in (0, 1],
-    1 if absent), which slow start then builds once per step and uses instead of thinning the picks.
+    ``acquired()`` in one call, which the balancer then uses in ``acquire()`` (as the owner of the
+    counts). One that does not may offer ``ramped_pick(factors: Mapping[str, float]) -> Callable[[],
+    ServiceInstance]``: a pick function over the same instances with each weight times its factor (id
+    -> factor in (0, 1], 1 if absent), which slow start then builds once per step and uses instead of
+    thinning the picks.
     """
 
     tracks_load: bool
