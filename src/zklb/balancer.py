@@ -448,6 +448,12 @@ class LoadBalancer(Pool):
         self._starting = None  # a start in progress ran on a thread this process does not have
         if self._ramp is not None:
             self._ramp.building = threading.Lock()  # held by a ramped build on another thread, maybe
+        # The picker's counts may have been owned by another thread at the fork (mid-change, and that
+        # thread is gone): hand them back, and rebuild them from the counters if they were held.
+        held = not self._owner
+        self._owner = [True]
+        if held and self._picker is not None:
+            self._install_locked(self._membership, force=True)
         handle = self._handle
         if handle is not None and not handle.reconnects_after_fork and self._state is State.STARTED:
             self._state = State.NEW

@@ -287,3 +287,35 @@ def test_a_fork_while_zookeeper_is_unreachable_does_not_hang_the_child(service: 
         assert report["started"] == "RegistryError"
         assert report["took"] < 10
         discovery.close()
+
+
+def test_a_fork_while_another_thread_owns_the_least_connections_counts(
+    zk_hosts: str, service: str, registry: Registry
+) -> None:
+    """The thread that owned the picker's counts does not exist in the child: the child gets them back."""
+    registry.register(service, "http://10.1.0.1:80", id="a")
+    registry.register(service, "http://10.1.0.2:80", id="b")
+    lb = LoadBalancer(zk_hosts, service, strategy="least_connections").start()
+    assert lb.wait_for(lambda m: len(m) == 2, 10)
+    busy = lb.acquire()  # one request in flight on one instance, carried into the child
+    lb._owner.pop()  # as a thread of the parent does for a few hundred ns inside acquire()
+
+    def child() -> Report:
+        picks = []
+        for _ in range(4):
+            with lb.acquire() as server:  # would wait on the missing owner, then fail, without the fix
+                picks.append(server.id)
+        in_flight = {key: value.in_flight for key, value in lb.stats().items()}
+        lb.close()
+        return {"picks": picks, "in_flight": in_flight}
+
+    try:
+        report = in_child(child)
+    finally:
+        lb._owner.append(True)
+    assert "error" not in report, report
+    idle = "b" if busy.server.id == "a" else "a"
+    assert report["picks"][0] == idle  # least connections still counts the inherited request
+    assert report["in_flight"] == {busy.server.id: 1, idle: 0}
+    busy.release()
+    lb.close()
