@@ -13,10 +13,15 @@ ensemble's ``hosts`` lists member 0 first); stopping that member makes
 every client reconnect to another one at once: the reconnect storm. The readers are zklb
 `ServiceWatcher` with its default jittered re-sync (``resync_delay=1``), the same with
 ``resync_delay=0`` (no jitter), and baseline A (``ChildrenWatch`` + a ``get()`` of every child).
+
+``benchmarks/report.py`` runs it with the other scenarios; alone, on a 3-node ensemble started here::
+
+    python benchmarks/scenario_fanout.py --clients 200 --instances 100 --changes 10
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import time
@@ -174,3 +179,33 @@ def storm(
         + ("" if intact else ", pool NOT intact after"),
         f"{len(sent):,}, {max(buckets.values(), default=0):,}, {connected}/{len(fleet.clients)}",
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--instances", type=int, default=100)
+    parser.add_argument("--changes", type=int, default=10)
+    args = parser.parse_args(argv)
+    with ZooKeeperEnsemble(size=3) as ensemble:
+        writer = KazooClient(hosts=ensemble.hosts, timeout=30)
+        writer.start(timeout=30)
+        try:
+            fanout(
+                Report(),
+                ensemble.hosts,
+                writer,
+                clients=args.clients,
+                n=args.instances,
+                changes=args.changes,
+                ensemble=ensemble,
+            )
+        finally:
+            writer.stop()
+            writer.close()
+
+
+if __name__ == "__main__":
+    main()
