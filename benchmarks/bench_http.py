@@ -12,11 +12,19 @@ interleaved rounds, sequential ``GET``s over one keep-alive connection from each
 
 The server answers in microseconds, so the numbers are the client side's. Run::
 
-    python benchmarks/bench_http.py [--requests 3000] [--rounds 7]
+    python benchmarks/bench_http.py [--requests 300] [--rounds 41] [--bytecodes]
 
-Prints requests per second (median of the rounds) and each zklb client's overhead against the same
-client without zklb: the extra time per request, paired round by round, median over the rounds
-(target: <= 5%). ``report.py`` puts the same figures in the benchmark report (``scenario_transport``).
+The machine may be shared, so each round sends a short burst from one client and then from its twin
+(in alternating order), and the overhead is taken per round, from bursts that ran back to back under
+the same load: the median over the rounds, with the interquartile range as the spread. Two measures:
+
+- wall: extra time per request (the requests/s lost), the target's own terms (<= 5 %);
+- CPU: extra CPU time of the client thread per request, which a spell of other work on the machine
+  disturbs much less (time spent waiting for the server or the scheduler is not in it).
+
+``--bytecodes`` also counts the Python bytecodes each client runs per request (by tracing): a
+figure no load changes, for finding where the time goes. ``report.py`` puts the same figures in the
+benchmark report (``scenario_transport``).
 """
 
 from __future__ import annotations
@@ -29,8 +37,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING
 
 import httpx
 import requests
@@ -39,6 +50,9 @@ import zklb.requests
 from zklb.balancer import LoadBalancer
 from zklb.httpx import AsyncLoadBalancedTransport, LoadBalancedTransport
 from zklb.testing import ZooKeeperEnsemble
+
+if TYPE_CHECKING:
+    from _typeshed import TraceFunction
 
 SERVICE = "bench"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
@@ -87,31 +101,35 @@ def check(status: int) -> None:
         raise RuntimeError(f"unexpected status {status}")
 
 
-def senders(port: int, lb: LoadBalancer, stack: ExitStack) -> dict[str, Callable[[int], float]]:
-    """Each client of `PAIRS`, as a function of a request count giving requests per second."""
+#: Send ``count`` requests; returns (wall seconds, CPU seconds of this thread) they took.
+Sender = Callable[[int], tuple[float, float]]
+
+
+def senders(port: int, lb: LoadBalancer, stack: ExitStack) -> dict[str, Sender]:
+    """Each client of `PAIRS`, as a function of a request count giving the time it took."""
     direct, balanced = f"http://127.0.0.1:{port}/", f"http://{lb.service}/"
     loop = asyncio.new_event_loop()  # one loop for every round: the async clients' pools live in it
     stack.callback(loop.close)
 
-    def sync(client: httpx.Client | requests.Session, url: str) -> Callable[[int], float]:
+    def sync(client: httpx.Client | requests.Session, url: str) -> Sender:
         stack.callback(client.close)
 
-        def timed(count: int) -> float:
-            start = time.perf_counter()
+        def timed(count: int) -> tuple[float, float]:
+            start, cpu = time.perf_counter(), time.thread_time()
             for _ in range(count):
                 check(client.get(url).status_code)
-            return count / (time.perf_counter() - start)
+            return time.perf_counter() - start, time.thread_time() - cpu
 
         return timed
 
-    def asynchronous(client: httpx.AsyncClient, url: str) -> Callable[[int], float]:
+    def asynchronous(client: httpx.AsyncClient, url: str) -> Sender:
         stack.callback(lambda: loop.run_until_complete(client.aclose()))
 
-        async def send(count: int) -> float:
-            start = time.perf_counter()
+        async def send(count: int) -> tuple[float, float]:
+            start, cpu = time.perf_counter(), time.thread_time()  # the loop runs in this thread
             for _ in range(count):
                 check((await client.get(url)).status_code)
-            return count / (time.perf_counter() - start)
+            return time.perf_counter() - start, time.thread_time() - cpu
 
         return lambda count: loop.run_until_complete(send(count))
 
@@ -129,33 +147,92 @@ def senders(port: int, lb: LoadBalancer, stack: ExitStack) -> dict[str, Callable
     }
 
 
-def measure(port: int, lb: LoadBalancer, count: int, rounds: int) -> dict[str, list[float]]:
-    """Requests/s of every client, one figure per interleaved round."""
+@dataclass
+class Results:
+    """Per client, one figure per round: requests/s (wall) and CPU seconds per request."""
+
+    rate: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+    bytecodes: dict[str, float] = field(default_factory=dict)  # per request, when counted
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The median of per-round figures and their interquartile range."""
+
+    median: float
+    low: float  # 25th percentile
+    high: float  # 75th percentile
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        if len(values) < 2:
+            return cls(values[0], values[0], values[0])
+        low, median, high = statistics.quantiles(values, n=4, method="inclusive")
+        return cls(median, low, high)
+
+    def __str__(self) -> str:
+        return f"{self.median:+.1%} [{self.low:+.1%}, {self.high:+.1%}]"
+
+
+def measure(port: int, lb: LoadBalancer, count: int, rounds: int, bytecodes: bool = False) -> Results:
+    """Every client's figures, each zklb client's bursts right next to its twin's, round by round."""
+    results = Results()
     with ExitStack() as stack:
         clients = senders(port, lb, stack)
         for timed in clients.values():  # warm up: connections open, code paths hot
             timed(min(200, count))
-        results: dict[str, list[float]] = {name: [] for name in clients}
-        names = list(clients)
+        for name in clients:
+            results.rate[name], results.cpu[name] = [], []
         for i in range(rounds):
-            # Rotate the order so that no client always runs first (or last) in a round.
-            for name in names[i % len(names) :] + names[: i % len(names)]:
-                results[name].append(clients[name](count))
+            for pair in PAIRS:
+                # Alternate which of the twins goes first: neither always gets the fresher spell.
+                for name in pair if i % 2 == 0 else pair[::-1]:
+                    wall, cpu = clients[name](count)
+                    results.rate[name].append(count / wall)
+                    results.cpu[name].append(cpu / count)
+        if bytecodes:
+            for name, timed in clients.items():
+                results.bytecodes[name] = count_bytecodes(timed, min(200, count)) / min(200, count)
     return results
 
 
-def overhead(plain: list[float], balanced: list[float]) -> float:
-    """Extra time per request relative to ``plain``, paired round by round (the two ran back to back,
-    so a slower spell of the machine affects both), median over the rounds."""
-    return statistics.median(p / r - 1 for p, r in zip(plain, balanced, strict=True))
+def count_bytecodes(send: Sender, count: int) -> int:
+    """Python bytecodes run while sending ``count`` requests (traced: slow, but independent of load)."""
+    executed = 0
+
+    def trace(frame: FrameType, event: str, arg: object) -> TraceFunction:
+        nonlocal executed
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            executed += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        send(count)
+    finally:
+        sys.settrace(None)
+    return executed
+
+
+def overhead(plain: list[float], balanced: list[float]) -> Spread:
+    """Extra wall time per request relative to ``plain`` (requests/s per round), paired round by round."""
+    return Spread.of([p / b - 1 for p, b in zip(plain, balanced, strict=True)])
+
+
+def cpu_overhead(plain: list[float], balanced: list[float]) -> Spread:
+    """Extra CPU time per request relative to ``plain`` (CPU seconds per request), paired round by round."""
+    return Spread.of([b / p - 1 for p, b in zip(plain, balanced, strict=True)])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=3000, help="requests per client per round")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--requests", type=int, default=300, help="requests per client per burst")
+    parser.add_argument("--rounds", type=int, default=41, help="rounds (one burst per client each)")
+    parser.add_argument("--bytecodes", action="store_true", help="also count bytecodes per request")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -163,18 +240,26 @@ def main() -> None:
         return
     with backend() as port, ZooKeeperEnsemble(size=1) as zk, LoadBalancer(zk.hosts, SERVICE) as lb:
         lb.add_server(f"http://127.0.0.1:{port}")
-        results = measure(port, lb, args.requests, args.rounds)
+        results = measure(port, lb, args.requests, args.rounds, args.bytecodes)
     print(
-        f"{args.requests} sequential GETs x {args.rounds} interleaved rounds, one keep-alive connection each"
+        f"{args.requests} sequential GETs per burst x {args.rounds} rounds, one keep-alive connection each;"
+        " overhead: median [interquartile range] of the per-round ratios"
     )
-    print(f"{'client':<20} {'median req/s':>12} {'min':>9} {'max':>9} {'overhead':>9}")
+    print(
+        f"{'client':<20} {'req/s':>8} {'wall overhead':>24} {'CPU us/req':>11} {'CPU overhead':>24}", end=""
+    )
+    print(f" {'bytecodes/req':>14}" if results.bytecodes else "")
     for plain, balanced in PAIRS:
         for name in (plain, balanced):
-            rates = results[name]
-            print(
-                f"{name:<20} {statistics.median(rates):>12.0f} {min(rates):>9.0f} {max(rates):>9.0f} "
-                f"{overhead(results[plain], rates):>+9.1%}"
+            wall = "" if name == plain else str(overhead(results.rate[plain], results.rate[name]))
+            cpu = "" if name == plain else str(cpu_overhead(results.cpu[plain], results.cpu[name]))
+            line = (
+                f"{name:<20} {statistics.median(results.rate[name]):>8.0f} {wall:>24} "
+                f"{statistics.median(results.cpu[name]) * 1e6:>11.1f} {cpu:>24}"
             )
+            if results.bytecodes:
+                line += f" {results.bytecodes[name]:>14.0f}"
+            print(line)
 
 
 if __name__ == "__main__":

@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
                     ensemble=ensemble,
                 )
             if "transport" in only:
-                transport_overhead(report, hosts, 50 if smoke else 2000, 2 if smoke else 9)
+                transport_overhead(report, hosts, 50 if smoke else 300, 2 if smoke else 41)
         finally:
             writer.stop()
             writer.close()
