@@ -24,7 +24,7 @@ def transport_overhead(report: Report, hosts: str, count: int, rounds: int) -> N
         with_zklb, without = (statistics.median(results.rate[name]) for name in (balanced, plain))
         report.add(
             scenario,
-            f"{balanced}: req/s (median) / {plain} without zklb; fewer req/s, median [IQR]",
+            f"{balanced}: req/s (median) / {plain} without zklb; extra time per request, median [IQR]",
             f"{with_zklb:,.0f} / {without:,.0f}; {wall}",
             "<= 5 %",
             wall.median <= 0.05,
