@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         "interleaved rounds": 3 if smoke else 120,
         "changes": 6 if smoke else 30,
         "fan-out clients/instances/changes": "3/5/2" if smoke else "200/100/10",
-        "HTTP GETs per client per round x rounds": "50x2" if smoke else "2000x9",
+        "HTTP GETs per burst x paired rounds": "50x2" if smoke else "300x41",
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
