@@ -185,11 +185,14 @@ class MembershipSync:
             else:
                 # Deleted (or created, after an exists): it may be back (same name) before the list is
                 # read; read it too, so that a re-created child is seen and watched again.
-                self._children_dirty = True
                 name = event.path.rsplit("/", 1)[-1]
                 self._data_dirty.add(name)
                 if event.type == EventType.DELETED:
+                    # The sync lists the children unless it serves the deletion at once; then the
+                    # children watch, which the same deletion fires, asks for the list (one, not two).
                     self._deleted.add(name)
+                else:
+                    self._children_dirty = True
         self._schedule(0.0)
 
     # -- the sync, on the worker thread -----------------------------------------------------------------
@@ -206,7 +209,7 @@ class MembershipSync:
             rearm, self._rearm = self._rearm, False
             data_dirty, self._data_dirty = self._data_dirty, set()
             deleted, self._deleted = self._deleted, set()
-        if not (children_dirty or rearm or data_dirty):
+        if not (children_dirty or rearm or data_dirty or deleted):
             return
         try:
             self._sync(client, watches, children_dirty or rearm, rearm, data_dirty, deleted=deleted)
@@ -238,9 +241,11 @@ class MembershipSync:
     ) -> None:
         known = self._children
         gone = deleted & known.keys()
-        if gone and leaving_alone(known, gone):
+        if not gone or not leaving_alone(known, gone):
+            list_children = list_children or bool(deleted)  # the list says who is left, all at once
+        else:
             # ZooKeeper said these are deleted: a leave is published before any round trip (the list
-            # read below re-arms the children watch, and sees a child re-created meanwhile).
+            # read the children watch asks for re-arms it, and sees a child re-created meanwhile).
             before, known = known, dict(known)
             for name in gone:
                 del known[name]

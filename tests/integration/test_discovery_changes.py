@@ -69,3 +69,20 @@ def test_a_leave_is_published_before_the_list_is_read_back_unless_its_session_ho
         assert watcher.wait_for(lambda m: set(m.by_id) == {"a", "c"}, 10)
         create(zk, service, "b")  # and the re-armed watches see it come back
         assert watcher.wait_for(lambda m: set(m.by_id) == {"a", "b", "c"}, 10)
+
+
+def test_a_leave_costs_one_children_list(zk: KazooClient, zk_hosts: str, service: str) -> None:
+    for key in ("a", "b", "c"):
+        create(zk, service, key)
+    with ServiceWatcher(zk_hosts, service) as watcher:
+        assert watcher.wait_for(lambda m: len(m) == 3, 10)
+        before = watcher.read_count
+        zk.delete(f"/services/{service}/b")
+        assert watcher.wait_for(lambda m: set(m.by_id) == {"a", "c"}, 10)
+        # A join after it, seen once its list and its read are done: every read of the leave is
+        # counted by then, however its two notices (b's data watch, the children watch) fell.
+        create(zk, service, "d")
+        assert watcher.wait_for(lambda m: "d" in m.by_id, 10)
+        # The leave's list, the join's read, and the join's list unless the leave's already saw d: never
+        # a second list for the leave (its two notices used to ask for one each).
+        assert watcher.read_count - before in (2, 3)
