@@ -75,10 +75,16 @@ class Churn:
         return p99, len(self.written) - len(lags)
 
 
+#: What a reader shows now: is this name in it?
+Present = Callable[[str], bool]
+
+
 def follow(
     reader: str, client: KazooClient, service: str, clock: Churn
-) -> tuple[Callable[[], None], list[int]]:
-    """Start ``reader`` on ``service`` reporting to ``clock``; its stop, and (zklb) a snapshot count."""
+) -> tuple[Callable[[], None], list[int], Callable[[], Present]]:
+    """Start ``reader`` on ``service`` reporting to ``clock``; its stop, (zklb) a snapshot count, and
+    what it shows now (polled too: a join and its leave that reached it together change nothing it
+    shows, so no update reports them, yet it reflects both)."""
     path = clock.path
     snapshots = [0]
     if reader.startswith("zklb"):
@@ -92,9 +98,10 @@ def follow(
             clock.observe(lambda name: name in m.by_id)
 
         watcher.add_listener(seen)
-        return lb.close, snapshots
+        return lb.close, snapshots, lambda: watcher.membership.by_id.__contains__
     if reader.startswith("baseline A"):
         loaded = threading.Event()
+        listed: list[frozenset[str]] = [frozenset()]
 
         def reread(children: list[str]) -> None:
             for child in children:
@@ -102,12 +109,13 @@ def follow(
                     client.get(f"{path}/{child}")
                 except NoNodeError:  # left since the list was read: as a user's code must allow
                     continue
-            clock.observe(set(children).__contains__)
+            listed[0] = frozenset(children)
+            clock.observe(listed[0].__contains__)
             loaded.set()
 
         ChildrenWatch(client, path, reread)
         loaded.wait(300)
-        return lambda: None, snapshots  # the client's stop ends the watch
+        return lambda: None, snapshots, lambda: listed[0].__contains__  # the client's stop ends the watch
     ready = threading.Event()
     cache = TreeCache(client, path)
 
@@ -120,7 +128,7 @@ def follow(
     cache.listen(on_event)
     cache.start()
     ready.wait(300)
-    return cache.close, snapshots
+    return cache.close, snapshots, lambda: (cache.get_children(path) or frozenset()).__contains__
 
 
 def churn(report: Report, hosts: str, writer: KazooClient, n: int, *, rate: float, seconds: float) -> None:
@@ -131,12 +139,13 @@ def churn(report: Report, hosts: str, writer: KazooClient, n: int, *, rate: floa
         fill(writer, path, service, n)
         clock = Churn(writer, path, service)
         with counted_client(hosts) as (client, _calls):
-            stop, snapshots = follow(reader, client, service, clock)
+            stop, snapshots, showing = follow(reader, client, service, clock)
             cpu = time.process_time()
             total = clock.run(rate, seconds)
             deadline = time.perf_counter() + max(10.0, seconds)
             while len(clock.seen) < total and time.perf_counter() < deadline:
                 time.sleep(0.05)
+                clock.observe(showing())
             used = time.process_time() - cpu - clock.writer_cpu
             stop()
         extra = f", {snapshots[0]} snapshots for {total} changes" if reader.startswith("zklb") else ""
