@@ -59,6 +59,9 @@ SERVICE = "bench"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
 # Each client without zklb, then the same client with it: the pairs the overhead is computed on.
 PAIRS = (("httpx", "httpx + zklb"), ("httpx async", "httpx async + zklb"), ("requests", "requests + zklb"))
+# The control: two plain httpx clients, paired the same way. Its "overhead" is the noise floor of the
+# run: an overhead within it is not one the run can tell from zero.
+CONTROL = ("httpx (control)", "httpx (its twin)")
 
 
 def serve() -> None:
@@ -139,6 +142,8 @@ def senders(port: int, lb: LoadBalancer, stack: ExitStack) -> dict[str, Sender]:
     return {
         "httpx": sync(httpx.Client(), direct),
         "httpx + zklb": sync(httpx.Client(transport=LoadBalancedTransport(lb)), balanced),
+        CONTROL[0]: sync(httpx.Client(), direct),
+        CONTROL[1]: sync(httpx.Client(), direct),
         "httpx async": asynchronous(httpx.AsyncClient(), direct),
         "httpx async + zklb": asynchronous(
             httpx.AsyncClient(transport=AsyncLoadBalancedTransport(lb)), balanced
@@ -186,7 +191,7 @@ def measure(port: int, lb: LoadBalancer, count: int, rounds: int, bytecodes: boo
         for name in clients:
             results.rate[name], results.cpu[name] = [], []
         for i in range(rounds):
-            for pair in PAIRS:
+            for pair in (*PAIRS, CONTROL):
                 # Alternate which of the twins goes first: neither always gets the fresher spell.
                 for name in pair if i % 2 == 0 else pair[::-1]:
                     wall, cpu = clients[name](count)
@@ -253,11 +258,9 @@ def main() -> None:
         f"{args.requests} sequential GETs per burst x {args.rounds} rounds, one keep-alive connection each;"
         " overhead: median [interquartile range] of the per-round ratios"
     )
-    print(
-        f"{'client':<20} {'req/s':>8} {'wall overhead':>24} {'CPU us/req':>11} {'CPU overhead':>24}", end=""
-    )
-    print(f" {'bytecodes/req':>14}" if results.bytecodes else "")
-    for plain, balanced in PAIRS:
+    header = f"{'client':<20} {'req/s':>8} {'wall overhead':>24} {'CPU us/req':>11} {'CPU overhead':>24}"
+    print(header + f" {'best CPU':>9}" + (f" {'bytecodes/req':>14}" if results.bytecodes else ""))
+    for plain, balanced in (*PAIRS, CONTROL):
         for name in (plain, balanced):
             wall = "" if name == plain else str(overhead(results.rate[plain], results.rate[name]))
             cpu = "" if name == plain else str(cpu_overhead(results.cpu[plain], results.cpu[name]))

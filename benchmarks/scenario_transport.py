@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import statistics
 
-from bench_http import PAIRS, backend, best_cpu_overhead, cpu_overhead, measure, overhead
+from bench_http import CONTROL, PAIRS, backend, best_cpu_overhead, cpu_overhead, measure, overhead
 from report_model import Report
 
 from zklb import LoadBalancer
@@ -36,3 +36,12 @@ def transport_overhead(report: Report, hosts: str, count: int, rounds: int) -> N
             f"{balanced}: extra client CPU per request, median [IQR]; fastest round / fastest round",
             f"{cpu}; {best:+.1%}",
         )
+    # Two plain httpx clients measured the same way: the run's noise floor for the figures above.
+    control, twin = CONTROL
+    noise = (
+        overhead(results.rate[control], results.rate[twin]),
+        cpu_overhead(results.cpu[control], results.cpu[twin]),
+    )
+    report.add(
+        scenario, "control, plain httpx / plain httpx: wall; CPU (the noise floor)", f"{noise[0]}; {noise[1]}"
+    )
