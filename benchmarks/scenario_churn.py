@@ -33,6 +33,9 @@ class Churn:
         self.service = service
         self.written: dict[int, float] = {}
         self.seen: dict[int, float] = {}
+        # Written, not yet seen: what each update checks (not every change so far, which would make
+        # a reader that reports often pay for its own measurement on its update thread).
+        self.pending: dict[int, None] = {}
         self.lock = threading.Lock()
         self.writer_cpu = 0.0
 
@@ -47,6 +50,7 @@ class Churn:
                 time.sleep(delay)
             with self.lock:
                 self.written[k] = time.perf_counter()
+                self.pending[k] = None
             if k % 2 == 0:
                 self.writer.create_async(f"{self.path}/c{k:06d}", encode(self.service, f"c{k:06d}", 1))
             else:
@@ -58,15 +62,16 @@ class Churn:
         """A reader's view changed: record every change it now reflects (``present(name)``)."""
         now = time.perf_counter()
         with self.lock:
-            pending = [k for k in self.written if k not in self.seen]
-        for k in pending:
-            name = f"c{(k if k % 2 == 0 else k - 1):06d}"
-            if present(name) == (k % 2 == 0):
-                self.seen[k] = now
-                # A reader that batches may never show a join its leave followed at once: the join is
-                # reflected (superseded) once the leave is.
-                if k % 2:
-                    self.seen.setdefault(k - 1, now)
+            pending = list(self.pending)
+            for k in pending:
+                name = f"c{(k if k % 2 == 0 else k - 1):06d}"
+                if k in self.pending and present(name) == (k % 2 == 0):
+                    self.seen[k] = now
+                    del self.pending[k]
+                    # A reader that batches may never show a join its leave followed at once: the
+                    # join is reflected (superseded) once the leave is.
+                    if k % 2 and self.pending.pop(k - 1, 0) is None:
+                        self.seen[k - 1] = now
 
     def lags(self) -> tuple[float, int]:
         """(p99 lag in seconds over the changes seen, how many were never seen)."""
