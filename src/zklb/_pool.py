@@ -50,7 +50,7 @@ from zklb._pool_state import DEFAULT_HEALTH, State
 from zklb.errors import NoServerAvailable
 from zklb.health import PoolStats
 from zklb.instance import ServiceInstance
-from zklb.lease import Lease, current_lease
+from zklb.lease import CountedLease, Lease, current_lease
 from zklb.membership import Membership
 from zklb.stats import InstanceStats, StatsRecorder
 from zklb.strategies import HashKey, Picker, Strategy, create_strategy
@@ -116,10 +116,37 @@ class Pool(PoolInstall):
                 owner.pop()
             except IndexError:  # another thread owns them: the locked path waits its turn
                 return self._acquire_slow(exclude, key)
+            counting = self._counting  # re-read as the owner: the picker may have been replaced
+            if counting is not None:
+                picker, counters = counting
+                try:
+                    # LeastConnectionsPicker.acquire_pick(), written out: a call frame is a tenth of
+                    # this path. The instance's index goes with the lease, for its end (lease.py).
+                    pos = picker._pos
+                    i = picker._ring[pos]
+                    pos += 1
+                    picker._pos = pos
+                    picker._keys[i] += picker._up[i]
+                    if pos >= picker._stop:
+                        picker._after_take()
+                    slot = counters[i]
+                    next(slot.started)
+                finally:
+                    owner.append(True)
+                counted = _new(CountedLease)
+                counted.server = picker._instances[i]
+                counted._pool = self
+                counted._slot = slot
+                counted._success = None
+                counted._token = None
+                counted._counting = counting
+                counted._index = i
+                counted._started = perf_counter()
+                return counted
             try:
-                take = self._acquire_pick  # re-read as the owner: the picker may have been replaced
+                take = self._acquire_pick
                 if take is not None:
-                    server = take()  # pick and count (least connections)
+                    server = take()  # pick and count (another load-tracking picker)
                     try:
                         slot = self._slots[server.id]
                     except KeyError:  # as above

@@ -15,13 +15,11 @@ instance's count), a filter, preferred instances or a mixed TLS pool take the wh
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Collection, Iterable
 from typing import NamedTuple
 
 from zklb._pool_outcomes import PoolOutcomes
-from zklb._pool_skips import pick_and_count
 from zklb._pool_state import State
 from zklb.membership import Membership
 from zklb.stats import StatsRecorder
@@ -148,9 +146,6 @@ class PoolInstall(PoolOutcomes):
         membership, picker, slots = plan.membership, plan.picker, plan.slots
         tls_picker, tls_ids = plan.tls_picker, plan.tls_ids
         tracking = picker is not None and picker.tracks_load
-        take = None
-        if picker is not None and tracking:
-            take = getattr(picker, "acquire_pick", None) or functools.partial(pick_and_count, picker)
         with self._exclusive():  # seeded from the counters while no request can start or end
             if self._is_closed():  # re-read: close() may have run while the picker was built
                 return
@@ -176,11 +171,7 @@ class PoolInstall(PoolOutcomes):
             self._slots = slots
             self._departed = plan.departed
             self._draining = plan.draining
-            self._acquire_pick = take
-            self._lock_free = take is None
-            self._released = picker.released if picker is not None and take is not None else None
-            if self._tls_mirror is not None:
-                self._released = None  # two pickers to tell: the pool's own path (_finish)
+            self._count_on_locked(picker)
             self._phantom = {}  # the new picker was seeded with real counts only
             notice = self._refresh_locked()
         if notice:

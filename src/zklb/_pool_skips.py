@@ -16,15 +16,19 @@ import logging
 import math
 from collections.abc import Callable, Collection, Iterator, Mapping
 from itertools import chain, islice, repeat, starmap
+from operator import attrgetter
 
 from zklb._pool_state import PoolState, State
 from zklb.instance import ServiceInstance
 from zklb.slow_start import Ramp
 from zklb.strategies import Picker
+from zklb.strategies.least_connections import LeastConnectionsPicker
 
 __all__ = ["REPICKS", "PoolSkips", "choose", "pick_and_count", "thin", "thinning"]
 
 log = logging.getLogger("zklb.balancer")
+
+_ID = attrgetter("id")
 
 #: Picks tried before a skip-aware scan, while some instances are ejected or draining.
 REPICKS = 4
@@ -150,17 +154,29 @@ class PoolSkips(PoolState):
         live = any(key not in draining and key not in ejected for key in self._preferred_ids)
         want = self._preferred if live else self._whole
         if want is not None and want is not self._picker:
-            take = None
             if want.tracks_load:
                 # Its counts are stale: give it the real ones (phantoms belonged to the other picker).
                 want.seed({key: slot.in_flight() for key, slot in self._slots.items()})
-                take = getattr(want, "acquire_pick", None) or functools.partial(pick_and_count, want)
             self._picker = want
-            self._acquire_pick = take
-            self._lock_free = take is None
-            self._released = want.released if take is not None and self._tls_mirror is None else None
+            self._count_on_locked(want)
             self._phantom = {}
         return self._picker
+
+    def _count_on_locked(self, picker: Picker | None) -> None:
+        """How ``acquire()`` and a lease's end count requests on ``picker``, the one now in use (with
+        ``_slots`` and ``_tls_mirror`` already set): lock-free if it does not track load; else by its
+        pick-and-count as the owner of its counts; a least-connections one, written out (``_counting``).
+        O(n) for the latter (a C-level pass), as its seeding is."""
+        take = None
+        if picker is not None and picker.tracks_load:
+            take = getattr(picker, "acquire_pick", None) or functools.partial(pick_and_count, picker)
+        self._acquire_pick = take
+        self._lock_free = take is None
+        self._counting = None
+        if type(picker) is LeastConnectionsPicker and self._tls_mirror is None:
+            # (not its scaled variant, whose fast paths differ; a TLS mirror needs telling too)
+            counters = list(map(self._slots.__getitem__, map(_ID, picker._instances)))
+            self._counting = (picker, counters)
 
     def _step_ramp_locked(self, ramp: Ramp) -> None:
         """Move the slow-start ramps on if a step is due (lock held): every path that thins picks does,

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from zklb.errors import ClosedError, NoServerAvailable
 from zklb.health import Connection, HealthPolicy, OutlierDetector
 from zklb.instance import ServiceInstance
+from zklb.lease import Counting
 from zklb.membership import Membership
 from zklb.selection import InstanceFilter, Selection
 from zklb.slow_start import Ramp, SlowStart
@@ -58,6 +59,7 @@ class PoolState:
         "__weakref__",
         "_acquire_pick",
         "_clock",
+        "_counting",
         "_deferred",
         "_departed",
         "_draining",
@@ -79,7 +81,6 @@ class PoolState:
         "_preferred",
         "_preferred_ids",
         "_ramp",
-        "_released",
         "_selection",
         "_skipped",
         "_slots",
@@ -139,9 +140,10 @@ class PoolState:
         # A load-tracking picker's pick-and-count (run by the owner), or None: counting is lock-free.
         self._acquire_pick: Callable[[], ServiceInstance] | None = None
         self._lock_free = True  # no load-tracking picker: a lease's success needs no lock (lease.py)
-        # The load-tracking picker's ``released`` while it is the only picker to tell, else None: what
-        # a lease's ordinary success calls as the owner of the counts (lease.py).
-        self._released: Callable[[ServiceInstance, bool, float], None] | None = None
+        # While the picker in use is a least-connections one and the only picker to tell: it and the
+        # counters of its instances by its index, which acquire() and a CountedLease's end read as the
+        # owner of the counts (zklb._pool, lease.py); else None. A new tuple whenever it changes.
+        self._counting: Counting | None = None
         # The counters of each instance in the membership (swapped with it), and of instances that left
         # with requests in flight (so that one coming back has its count).
         self._slots: dict[str, StatsRecorder] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sized
+from collections.abc import Sized
 from contextvars import ContextVar, Token
 from time import perf_counter
 from types import TracebackType
@@ -10,8 +10,9 @@ from typing import Protocol
 
 from zklb.instance import ServiceInstance
 from zklb.stats import EWMA_ALPHA, StatsRecorder
+from zklb.strategies.least_connections import LeastConnectionsPicker
 
-__all__ = ["Lease", "current_lease"]
+__all__ = ["CountedLease", "Counting", "Lease", "current_lease"]
 
 
 class _Pool(Protocol):
@@ -19,12 +20,12 @@ class _Pool(Protocol):
 
     ``_lock_free`` is True while an ordinary success (its counters' ``attention`` unset) is recorded
     by counting and averaging on the counters alone: the pool has no load-tracking picker to tell.
-    Otherwise ``_released`` is that picker's ``released`` when it is the only one to tell, called as
-    the owner of the counts (``_owner``, see ``zklb._pool``); the rest goes through ``_finish``.
+    ``_counting`` is what a `CountedLease` ends on, as the owner of the counts (``_owner``, see
+    ``zklb._pool``); the rest goes through ``_finish``.
     """
 
     _lock_free: bool
-    _released: Callable[[ServiceInstance, bool, float], None] | None
+    _counting: Counting | None
     _owner: list[bool]
     _draining_now: bool
 
@@ -36,6 +37,11 @@ class _Pool(Protocol):
     def _finish(
         self, slot: StatsRecorder, server: ServiceInstance, success: bool, latency: float | None
     ) -> object: ...
+
+
+#: The least-connections picker in use and the counters of its instances, by the picker's index: set
+#: by the pool whenever it changes (a new tuple each time, so a lease can tell it is still the same).
+Counting = tuple[LeastConnectionsPicker, list[StatsRecorder]]
 
 
 # The innermost lease entered in this thread or task, so that ``lb.report()`` can mark it.
@@ -120,30 +126,6 @@ class Lease:
                 ewma = slot.latency_ewma
                 slot.latency_ewma = latency if ewma is None else ewma + EWMA_ALPHA * (latency - ewma)
                 return
-            released = pool._released
-            if released is not None and self._success is None and not slot.attention:
-                # Least connections, written out likewise: as the owner of the picker's counts.
-                owner = pool._owner
-                try:
-                    owner.pop()
-                except IndexError:  # owned elsewhere: the pool queues it
-                    pool._finish(slot, self.server, True, latency)
-                    return
-                if pool._released is not released:  # re-read as the owner: the picker was replaced
-                    owner.append(True)
-                    pool._finish(slot, self.server, True, latency)
-                    return
-                try:
-                    next(slot.finished)
-                    released(self.server, True, latency)
-                finally:
-                    owner.append(True)
-                slot.last_latency = latency
-                ewma = slot.latency_ewma
-                slot.latency_ewma = latency if ewma is None else ewma + EWMA_ALPHA * (latency - ewma)
-                if pool._deferred and not pool._draining_now:
-                    pool._drain()  # releases queued meanwhile
-                return
             pool._finish(slot, self.server, self._success is not False, latency)
         elif issubclass(exc_type, Exception):
             pool._finish(self._slot, self.server, False, perf_counter() - self._started)
@@ -162,3 +144,65 @@ class Lease:
     def __repr__(self) -> str:
         state = "released" if self._pool is None else "in flight"
         return f"<Lease {self.server.url} {state}>"
+
+
+class CountedLease(Lease):
+    """A lease from ``acquire()``'s least-connections fast path: it knows the picker's index of its
+    instance, so that its ordinary end updates the picker's counts without a lookup or a call.
+
+    ``_counting`` is the pool's ``_counting`` when it was acquired, ``_index`` the instance's index
+    in that picker. Anything but an ordinary success ends it as a `Lease` does.
+    """
+
+    __slots__ = ("_counting", "_index")
+
+    _counting: Counting
+    _index: int
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        pool = self._pool
+        slot = self._slot
+        if exc_type is not None or pool is None or self._success is not None or slot.attention:
+            Lease.__exit__(self, exc_type, exc, tb)
+            return
+        token = self._token
+        if token is not None:
+            self._token = None
+            try:
+                _leave(token)
+            except ValueError:  # exited in another context than entered (e.g. a moved generator)
+                pass
+        self._pool = None
+        latency = perf_counter() - self._started
+        owner = pool._owner
+        try:
+            owner.pop()  # the ownership of the picker's counts (see zklb._pool)
+        except IndexError:  # owned elsewhere: the pool queues it
+            pool._finish(slot, self.server, True, latency)
+            return
+        counting = self._counting
+        if pool._counting is not counting:  # re-read as the owner: the picker was replaced
+            owner.append(True)
+            pool._finish(slot, self.server, True, latency)
+            return
+        try:
+            next(slot.finished)  # (and one more request recorded: see StatsRecorder)
+            # LeastConnectionsPicker.released(), written out: a call frame is a tenth of this path.
+            picker = counting[0]
+            i = self._index
+            keys = picker._keys
+            key = keys[i] - picker._step2[i]
+            if key == picker._lo2:
+                picker._ring.append(i)
+                keys[i] = key - 1
+            elif keys[i] > 1:
+                picker._move(i, (keys[i] >> 1) - picker._step[i])
+        finally:
+            owner.append(True)
+        slot.last_latency = latency
+        ewma = slot.latency_ewma
+        slot.latency_ewma = latency if ewma is None else ewma + EWMA_ALPHA * (latency - ewma)
+        if pool._deferred and not pool._draining_now:
+            pool._drain()  # releases queued meanwhile

@@ -24,11 +24,12 @@ weight_lists = st.one_of(
     st.lists(st.integers(min_value=1, max_value=6), min_size=1, max_size=6),
     st.lists(st.sampled_from([1, 3, 999_961, 999_979, 999_983]), min_size=1, max_size=6),
 )
-# One program per thread: acquire (or acquire excluding one instance), release with success or failure.
+# One program per thread: acquire (or acquire excluding one instance), end with success or failure by
+# release(), or as a ``with`` block's end does (the least-connections fast path's lease has its own).
 programs = st.lists(
     st.lists(
         st.tuples(
-            st.sampled_from(["acquire", "acquire", "exclude", "release", "fail"]),
+            st.sampled_from(["acquire", "acquire", "exclude", "release", "fail", "exit"]),
             st.integers(min_value=0, max_value=1_000),
         ),
         max_size=40,
@@ -57,6 +58,49 @@ def test_the_reference_is_a_strategy_a_balancer_can_use() -> None:
     with lb.acquire() as first, lb.acquire() as second, lb.acquire() as third:
         # i1 has twice the weight: after one request each, it is the less loaded (1/2 < 1/1).
         assert ({first.id, second.id}, third.id) == ({"i0", "i1"}, "i1")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    weights=weight_lists,
+    program=programs.map(lambda p: [step for steps in p for step in steps]),
+    limit=st.sampled_from([1, 3, None]),
+    scaled=st.booleans(),
+)
+def test_a_balancer_agrees_with_the_reference_step_by_step(
+    weights: list[int], program: list[tuple[str, int]], limit: int | None, scaled: bool
+) -> None:
+    """One thread: ``acquire()``'s fast path and a ``with`` block's end (the picker's fast paths written
+    out in the pool and the lease) are exact at every step, and leave the picker's structure sound."""
+    members = members_for(weights)
+    names = list(members.by_id)
+    with patch.object(least_connections, "_MAX_MULTIPLE", 0 if scaled else least_connections._MAX_MULTIPLE):
+        lb = LoadBalancer.static(members.instances, strategy="least_connections", health=None)
+    picker = lb._picker
+    assert isinstance(picker, LeastConnectionsPicker)
+    if limit is not None:
+        picker._limit = limit  # cut the ring's consumed part off very often
+    reference = ReferenceLeastConnectionsPicker(members)
+    held: list[Lease] = []
+    for op, k in program:
+        if op in ("acquire", "exclude") or not held:
+            exclude = {names[k % len(names)]} if op == "exclude" and len(names) > 1 else set()
+            expected = reference.least_ids(exclude)
+            lease = lb.acquire(exclude=exclude)
+            assert lease.server.id in expected
+            reference.acquired(lease.server)
+            held.append(lease)
+        else:
+            lease = held.pop(k % len(held))
+            if op == "exit":
+                with lease:
+                    pass
+            else:
+                lease.release(op == "release")
+            reference.released(lease.server, True, 0.0)
+        assert {key: s.in_flight for key, s in lb.stats().items()} == reference.counts
+        assert {key: picker.in_flight(key) for key in names} == reference.counts
+        assert_consistent(picker)
 
 
 @settings(max_examples=60, deadline=None)
@@ -93,7 +137,10 @@ def test_a_balancer_agrees_with_the_reference_under_concurrent_operations(
                         held.append(lease)
                     else:
                         lease = held.pop(k % len(held))
-                        lease.release(op == "release")
+                        if op == "exit":
+                            lease.__exit__(None, None, None)
+                        else:
+                            lease.release(op == "release")
                         reference.released(lease.server, True, 0.0)
         except BaseException as exc:
             errors.append(exc)
