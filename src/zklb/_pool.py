@@ -15,8 +15,11 @@ top one: the hot path and the public calls. Rules of the pool, whichever layer k
   quarter of a lock's cost), and never waits for it. An ``acquire()`` that finds it taken goes the
   locked way, which waits for the owner (busy for a few hundred nanoseconds); a release that finds it
   taken is queued. Locked sections that change those counts take the lock, then the ownership
-  (`_exclusive`). Failures, and successes that end a probation or a run of failures, take the lock
-  (health decisions are serialised).
+  (`_exclusive`). For the least-connections picker the picker's own fast paths are written out in
+  ``acquire()`` and in its lease's end (`CountedLease`), which carries the instance's index in the
+  picker: no call into the picker, no lookup by id (``_counting``; a new one with each picker).
+  Failures, and successes that end a probation or a run of failures, take the lock (health
+  decisions are serialised).
 - Nothing holds the short lock for more than O(1) but a rebuild's swap: ``stats()`` and
   ``pool_stats()`` take references under it (health's tables are copy-on-write) and build outside.
 - A membership change or a strategy change builds the new picker and counters off to the side (under
@@ -43,22 +46,19 @@ from collections.abc import Callable, Collection, Mapping
 from time import perf_counter
 from types import MappingProxyType
 
-from zklb._pool_install import PoolInstall
-from zklb._pool_outcomes import Ejection, log_ejection
-from zklb._pool_skips import REPICKS, choose, thin
+from zklb._pool_picks import PoolPicks
 from zklb._pool_state import DEFAULT_HEALTH, State
-from zklb.errors import NoServerAvailable
 from zklb.health import PoolStats
 from zklb.instance import ServiceInstance
 from zklb.lease import CountedLease, Lease, current_lease
 from zklb.membership import Membership
 from zklb.stats import InstanceStats, StatsRecorder
-from zklb.strategies import HashKey, Picker, Strategy, create_strategy
+from zklb.strategies import HashKey, Strategy, create_strategy
 
 __all__ = ["DEFAULT_HEALTH", "Pool", "State"]
 
 
-class Pool(PoolInstall):
+class Pool(PoolPicks):
     """Picking over one service's instances with a strategy, passive health and in-flight accounting.
 
     Pure: no I/O, no threads. `LoadBalancer` subclasses it to feed it from ZooKeeper.
@@ -165,129 +165,6 @@ class Pool(PoolInstall):
         lease._token = None
         lease._started = perf_counter()
         return lease
-
-    def _acquire_slow(
-        self, exclude: Collection[str | ServiceInstance], hash_key: HashKey | None = None
-    ) -> Lease:
-        ids = self._before_slow_pick(exclude)
-        notices: list[Ejection] = []
-        with self._exclusive():
-            self._apply_deferred_locked(notices)
-            picker = self._picker
-            if picker is None:
-                raise NoServerAvailable(self.service, self.root)
-            skipped = self._skipped
-            avoid = skipped | ids if ids else skipped
-            fused = self._acquire_pick
-            pick_key = None if hash_key is None else getattr(picker, "pick_key", None)
-            ramp = self._ramp  # slow start thins picks, keyed ones excepted: a key sticks to its owner
-            ramping = ramp is not None and bool(ramp.ramping) and pick_key is None
-            if pick_key is not None:
-                # The key's owner, else its next choice past what is skipped or tried: then past tried only.
-                server = pick_key(hash_key, avoid)
-                if server is None and skipped:
-                    server = pick_key(hash_key, ids)
-            elif fused is not None and avoid and not ramping:
-                server = self._take_locked(fused, picker, avoid)
-            else:
-                server = None
-            if server is None:
-                server = choose(picker, avoid)
-                if ramping and ramp is not None and server is not None:
-                    self._step_ramp_locked(ramp)
-                    server = thin(ramp, server, lambda: choose(picker, avoid))
-                if server is None and skipped:
-                    # Every instance not tried is ejected or draining: better one of them than no retry.
-                    server = choose(picker, ids)
-                if server is None:
-                    reason = f"all {len(self._membership)} instances excluded"
-                    raise NoServerAvailable(self.service, self.root, reason)
-                if picker.tracks_load:
-                    picker.acquired(server)
-            mirror = self._tls_mirror
-            if mirror is not None and server.id in self._tls_ids:
-                mirror.acquired(server)
-            slot = self._slots[server.id]
-            next(slot.started)
-        for notice in notices:
-            log_ejection(notice)
-        return Lease(self, server, slot, perf_counter())
-
-    def _acquire_tls(self, exclude: Collection[str | ServiceInstance], hash_key: HashKey | None) -> Lease:
-        """`acquire` for a TLS-only request in a pool where not every instance has a TLS port."""
-        ids = self._before_slow_pick(exclude)
-        notices: list[Ejection] = []
-        with self._exclusive():
-            self._apply_deferred_locked(notices)
-            picker, tls = self._picker, self._tls_picker
-            if picker is None:
-                raise NoServerAvailable(self.service, self.root)
-            if tls is None:
-                reason = (
-                    f"none of its {len(self._membership)} instances offers TLS, and an https:// request "
-                    "is never sent in plain text"
-                )
-                raise NoServerAvailable(self.service, self.root, reason)
-            skipped = self._skipped
-            avoid = skipped | ids if ids else skipped
-            pick_key = None if hash_key is None else getattr(tls, "pick_key", None)
-            if pick_key is not None:
-                server = pick_key(hash_key, avoid) or (pick_key(hash_key, ids) if skipped else None)
-            else:
-                server = choose(tls, avoid)
-                ramp = self._ramp
-                if ramp is not None and ramp.ramping and server is not None:
-                    self._step_ramp_locked(ramp)
-                    server = thin(ramp, server, lambda: choose(tls, avoid))
-                if server is None and skipped:
-                    server = choose(tls, ids)  # every TLS instance not tried is skipped: better one of them
-            if server is None:
-                reason = f"all {len(self._tls_ids)} instances that offer TLS excluded"
-                raise NoServerAvailable(self.service, self.root, reason)
-            if picker.tracks_load:
-                picker.acquired(server)
-            if tls.tracks_load:
-                tls.acquired(server)
-            slot = self._slots[server.id]
-            next(slot.started)
-        for notice in notices:
-            log_ejection(notice)
-        return Lease(self, server, slot, perf_counter())
-
-    def _before_slow_pick(self, exclude: Collection[str | ServiceInstance]) -> set[str]:
-        """What a pick off the fast path does first: start, end due ejections, apply queued releases.
-        Returns the ids of ``exclude``."""
-        if self._state is not State.STARTED:
-            self._ensure_started()
-        self._expire_due()
-        ids = {s.id if isinstance(s, ServiceInstance) else s for s in exclude}
-        if self._deferred:
-            self._drain()
-        return ids
-
-    def _take_locked(
-        self, fused: Callable[[], ServiceInstance], picker: Picker, avoid: Collection[str]
-    ) -> ServiceInstance | None:
-        """A counted pick (``acquire_pick``) not in ``avoid``, or None after a few tries.
-
-        A load-tracking picker hands out instances in its own fair order (re-picking with ``pick()``
-        instead skewed it: one healthy instance of three got nothing). One the caller excluded is
-        handed back at once (``released``). A skipped one keeps the request as a *phantom*, so the
-        picker sees it loaded and stops offering it while others are as idle: an idle ejected instance
-        otherwise stays the least loaded and every pick falls back to an O(n) scan. Phantoms are
-        taken back when it is skipped no more (`_unload_locked`). O(1) amortised.
-        """
-        skipped = self._skipped
-        for _ in range(REPICKS):
-            server = fused()
-            key = server.id
-            if key not in avoid:
-                return server
-            if key in skipped:
-                self._phantom[key] = self._phantom.get(key, 0) + 1
-            else:
-                picker.released(server, True, 0.0)
-        return None
 
     def has_server(self, exclude: Collection[str | ServiceInstance] = (), *, tls: bool = False) -> bool:
         """Whether ``acquire(exclude=exclude, tls=tls)`` would find a server now (no I/O, never starts

@@ -3,9 +3,10 @@
 The base of the pool's layers, each a module read on its own, each importing only those below it:
 `PoolState` (here) <- `PoolSkips` (``zklb._pool_skips``: what picks skip, panic, the pick function)
 <- `PoolOutcomes` (``zklb._pool_outcomes``: ending requests and recording outcomes) <- `PoolInstall`
-(``zklb._pool_install``: installing a membership) <- `Pool` (``zklb._pool``: the hot path and the
-public calls). Every attribute lives in the one ``__slots__`` here, so the layers cost the hot path
-nothing: CPython resolves a slot or a method by the object's type, however deep its bases.
+(``zklb._pool_install``: installing a membership) <- `PoolPicks` (``zklb._pool_picks``: picks off
+the fast path) <- `Pool` (``zklb._pool``: the hot path and the public calls). Every attribute lives
+in the one ``__slots__`` here, so the layers cost the hot path nothing: CPython resolves a slot or a
+method by the object's type, however deep its bases.
 The rules that bind them all are in `zklb._pool`'s docstring.
 """
 

@@ -64,7 +64,9 @@ class LeastConnectionsPicker(LevelStructure):
 
     ``acquire_pick()`` is the fused "pick and count one more request" that the balancer calls instead
     of ``pick()`` + ``acquired()`` (one thread at a time: the owner of the counts, see ``zklb._pool``);
-    ``acquired()`` stays for other callers.
+    ``acquired()`` stays for other callers. On its request path the balancer runs the fast paths of
+    ``acquire_pick()`` and ``released()`` written out (``Pool.acquire``, ``CountedLease.__exit__``):
+    a change to either is made there too (the tests drive both against the reference).
     ``LeastConnectionsPicker(membership)`` gives the counts-based variant when the weights' common
     multiple exceeds 2**1024 (see the module docstring).
 
