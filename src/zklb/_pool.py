@@ -109,6 +109,7 @@ class Pool(PoolPicks):
             except KeyError:  # picked from a picker just replaced, and gone from the pool since
                 slot = StatsRecorder()
             next(slot.started)
+            lease = _new(Lease)
         else:
             # A load-tracking picker: take ownership of its counts (no lock; see the module docstring).
             owner = self._owner
@@ -133,31 +134,27 @@ class Pool(PoolPicks):
                     next(slot.started)
                 finally:
                     owner.append(True)
+                server = picker._instances[i]
                 counted = _new(CountedLease)
-                counted.server = picker._instances[i]
-                counted._pool = self
-                counted._slot = slot
-                counted._success = None
-                counted._token = None
                 counted._counting = counting
                 counted._index = i
-                counted._started = perf_counter()
-                return counted
-            try:
-                take = self._acquire_pick
-                if take is not None:
-                    server = take()  # pick and count (another load-tracking picker)
-                    try:
-                        slot = self._slots[server.id]
-                    except KeyError:  # as above
-                        slot = StatsRecorder()
-                    next(slot.started)
-            finally:
-                owner.append(True)
-            if take is None:  # replaced by one that does not track load: the general path, not owning
-                return self._acquire_slow(exclude, key)  # (its pick function may need the ownership)
+                lease = counted
+            else:
+                try:
+                    take = self._acquire_pick
+                    if take is not None:
+                        server = take()  # pick and count (another load-tracking picker)
+                        try:
+                            slot = self._slots[server.id]
+                        except KeyError:  # as above
+                            slot = StatsRecorder()
+                        next(slot.started)
+                finally:
+                    owner.append(True)
+                if take is None:  # replaced by one that does not track load: the general path, not
+                    return self._acquire_slow(exclude, key)  # owning (its pick function may need it)
+                lease = _new(Lease)
         # Lease(self, server, slot, perf_counter()), written out: the call is a tenth of this path.
-        lease = _new(Lease)
         lease.server = server
         lease._pool = self
         lease._slot = slot

@@ -167,12 +167,12 @@ class CountedLease(Lease):
         if exc_type is not None or pool is None or self._success is not None or slot.attention:
             Lease.__exit__(self, exc_type, exc, tb)
             return
-        token = self._token
+        token = self._token  # (as Lease.__exit__ does: a call would cost a tenth of this path)
         if token is not None:
             self._token = None
             try:
                 _leave(token)
-            except ValueError:  # exited in another context than entered (e.g. a moved generator)
+            except ValueError:
                 pass
         self._pool = None
         latency = perf_counter() - self._started
