@@ -314,7 +314,9 @@ class LoadBalancer(Pool):
             with self._start_lock:
                 if self._is_closed():  # re-read: close() may have run meanwhile
                     raise ClosedError(f"load balancer for {self.service!r} was closed while starting")
-                with self._lock:  # started and its pick function installed in one step
+                # Started and its pick function installed in one step, owning the counts too: with
+                # prefer= the refresh may seed a new least-connections picker.
+                with self._exclusive():
                     self._state = State.STARTED
                     self._refresh_locked()
                 self._starting = None
