@@ -251,12 +251,20 @@ class Pool(PoolPicks):
     def set_strategy(self, strategy: str | Strategy) -> None:
         """Switch strategy (a name such as ``"weighted_round_robin"`` or a `Strategy`); takes effect at once.
 
-        Unknown names raise `UnknownStrategy` listing the valid ones. In-flight counts are kept.
+        Unknown names raise `UnknownStrategy` listing the valid ones. In-flight counts are kept (a
+        switch to a load-tracking strategy waits a few milliseconds to count them exactly).
         """
         new = create_strategy(strategy)
         with self._update_lock:
+            was_lock_free = self._lock_free
             self._strategy = new
             self._install_locked(self._membership, force=True)
+            if was_lock_free and not self._lock_free and self._picker is not None:
+                # Requests on their way through the lock-free path when the seed read the counters
+                # (past the check, not yet counted) may have been counted wrong by one each. They
+                # need only to be scheduled once to finish that step: seed again after a moment.
+                time.sleep(_SWITCH_GRACE)
+                self._install_locked(self._membership, force=True)
 
     def _pick_by_key(self, key: HashKey, exclude: Collection[str]) -> ServiceInstance:
         """``get_server(key=...)``: the key's owner by a keyed strategy, past skipped instances."""
@@ -276,5 +284,8 @@ class Pool(PoolPicks):
 
 
 _new = object.__new__
+#: Seconds `Pool.set_strategy` lets requests already past the lock-free path's check finish that step.
+_SWITCH_GRACE = 0.02
+
 _NO_EJECTIONS: Mapping[str, float] = MappingProxyType({})
 _NO_TIMES: Mapping[str, int] = MappingProxyType({})

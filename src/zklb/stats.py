@@ -26,6 +26,10 @@ class InstanceStats:
     times_ejected: int = 0  # ejections since it joined the pool; each lasts longer than the last
 
 
+#: Reads of the in-flight counters before `StatsRecorder.in_flight` settles for a lower bound.
+_IN_FLIGHT_TRIES = 8
+
+
 def count_value(counter: count[int]) -> int:
     """The value the next ``next(counter)`` returns, without taking it (its repr is ``count(N)``)."""
     return int(repr(counter)[6:-1])
@@ -76,9 +80,20 @@ class StatsRecorder:
         self.last_latency: float | None = None
 
     def in_flight(self) -> int:
-        """Requests started and not finished (never negative: ``finished`` is read first)."""
-        finished = count_value(self.finished)
-        return count_value(self.started) - finished
+        """Requests started and not finished, as they were at one instant; never negative.
+
+        The two counters cannot be read at once, and requests go on meanwhile: ``finished`` is read
+        before and after ``started``, and when both reads agree the difference is exact at the
+        instant ``started`` was read. Under a steady stream of requests a few tries may not find such
+        a moment; then the result is a lower bound (an instance never looks busier than it was).
+        """
+        started = 0
+        for _ in range(_IN_FLIGHT_TRIES):
+            finished = count_value(self.finished)
+            started = count_value(self.started)
+            if count_value(self.finished) == finished:
+                return started - finished
+        return max(0, started - count_value(self.finished))
 
     def requests(self) -> int:
         """Requests recorded: ended with an outcome while the instance was in the pool."""
