@@ -13,6 +13,7 @@ The rules that bind them all are in `zklb._pool`'s docstring.
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 import time
 from collections import deque
@@ -30,6 +31,8 @@ from zklb.stats import StatsRecorder
 from zklb.strategies import HashKey, Picker, Strategy, create_strategy
 
 __all__ = ["DEFAULT_HEALTH", "PoolState", "Release", "State"]
+
+log = logging.getLogger("zklb.balancer")
 
 #: The passive health a balancer has unless told otherwise.
 DEFAULT_HEALTH = HealthPolicy()
@@ -192,18 +195,36 @@ class PoolState:
                     owner.pop()
                     break
                 except IndexError:
-                    # Bounded: the owner cannot wait for us, so only a bug (an owner that never gives
-                    # the counts back) would run into this.
+                    # An owner holds the counts for microseconds and waits for nothing, so counts held
+                    # this long were lost: an exception (e.g. KeyboardInterrupt from a signal handler)
+                    # struck between taking them and the ``try`` that gives them back, maybe midway
+                    # through an update. Take them over, rebuilt from the counters.
                     now = time.monotonic()
                     if not deadline:
                         deadline = now + _OWNER_WAIT
                     elif now > deadline:
-                        raise RuntimeError(f"{self.service}: counts held for {_OWNER_WAIT} s") from None
+                        self._recover_lost_counts_locked()
+                        break
                     time.sleep(0)
             try:
                 yield
             finally:
                 owner.append(True)
+
+    def _recover_lost_counts_locked(self) -> None:
+        """Reseed every load-tracking picker from the counters (the lock held, the counts ownerless)."""
+        log.error(
+            "%s: the picker's counts were not given back for %g s (an exception interrupted their "
+            "owner); rebuilt from the request counters",
+            self.service,
+            _OWNER_WAIT,
+        )
+        in_flight = {key: slot.in_flight() for key, slot in self._slots.items()}
+        for picker in {
+            id(p): p for p in (self._whole, self._preferred, self._picker, self._tls_mirror)
+        }.values():
+            if picker is not None and picker.tracks_load:
+                picker.seed(in_flight)  # ids outside a picker's snapshot are ignored
 
     # -- life cycle ------------------------------------------------------------------------------
 

@@ -101,3 +101,27 @@ def switch_under_load(target: str) -> None:
         with lb.acquire() as server:
             quiet.add(server.url)
     assert quiet == set(SERVERS)
+
+
+def test_counts_lost_to_an_interrupted_owner_are_taken_over_and_rebuilt(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A KeyboardInterrupt from a signal handler, landing between taking the picker's counts and the
+    # ``try`` that gives them back, leaves them ownerless, maybe half-updated (here: scrambled).
+    monkeypatch.setattr("zklb._pool_state._OWNER_WAIT", 0.2)
+    lb = LoadBalancer.static(SERVERS, strategy="least_connections", health=None)
+    busy = [lb.acquire(), lb.acquire()]  # two requests in flight on two instances
+    assert lb._owner.pop()  # what the interrupted owner took
+    picker: Any = lb._picker
+    picker.seed({s.id: 7 for s in lb.membership.instances})  # what it left behind, say
+    # A locked path (exclude=) waits, then takes the counts over; it picks by the real counts.
+    with caplog.at_level("ERROR", logger="zklb.balancer"), lb.acquire(exclude=[busy[0].server]) as server:
+        assert server.id not in {b.server.id for b in busy}
+    assert "rebuilt from the request counters" in caplog.text
+    assert lb._owner == [True]
+    for lease in busy:
+        lease.release()
+    assert [picker.in_flight(s.id) for s in lb.membership.instances] == [0, 0, 0, 0]
+    with lb.acquire():  # and the hot path has its counts back
+        pass
+    assert lb._owner == [True]
