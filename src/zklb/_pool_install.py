@@ -20,7 +20,7 @@ from collections.abc import Collection, Iterable
 from typing import NamedTuple
 
 from zklb._pool_outcomes import PoolOutcomes
-from zklb._pool_state import State
+from zklb._pool_state import State, seed_load_trackers
 from zklb.membership import Membership
 from zklb.stats import StatsRecorder
 from zklb.strategies import Picker
@@ -145,7 +145,6 @@ class PoolInstall(PoolOutcomes):
         """Swap ``plan`` in under the short lock, and wake `wait_for`."""
         membership, picker, slots = plan.membership, plan.picker, plan.slots
         tls_picker, tls_ids = plan.tls_picker, plan.tls_ids
-        tracking = picker is not None and picker.tracks_load
         with self._exclusive():  # seeded from the counters while no request can start or end
             if self._is_closed():  # re-read: close() may have run while the picker was built
                 return
@@ -154,14 +153,11 @@ class PoolInstall(PoolOutcomes):
             self._preferred_ids = frozenset() if preferred is None else frozenset(preferred.by_id)
             if self._ramp is not None:
                 self._ramp.follow(membership.instances, self._clock(), first)
-            if tracking:
-                assert picker is not None
-                # Exact: a load-tracking picker's counts change only with their ownership. O(n), the one
-                # place they are held that long (a rebuild of a least-connections pool).
-                picker.seed({key: slot.in_flight() for key, slot in slots.items()})
             mirror = tls_picker if tls_picker is not picker and tls_picker is not None else None
-            if mirror is not None and mirror.tracks_load:
-                mirror.seed({key: slot.in_flight() for key, slot in slots.items() if key in tls_ids})
+            # Exact: a load-tracking picker's counts change only with their ownership. O(n), the one
+            # place they are held that long (a rebuild of a least-connections pool). The counters are
+            # read once for the picker and its TLS mirror.
+            seed_load_trackers(slots, (picker, mirror))
             self._tls_picker, self._tls_ids, self._tls_all = tls_picker, tls_ids, plan.tls_all
             self._tls_mirror = mirror if mirror is not None and mirror.tracks_load else None
             if self._health is not None:

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 from zklb.errors import ClosedError, NoServerAvailable
@@ -30,7 +30,7 @@ from zklb.slow_start import Ramp, SlowStart
 from zklb.stats import StatsRecorder
 from zklb.strategies import HashKey, Picker, Strategy, create_strategy
 
-__all__ = ["DEFAULT_HEALTH", "PoolState", "Release", "State"]
+__all__ = ["DEFAULT_HEALTH", "PoolState", "Release", "State", "seed_load_trackers"]
 
 log = logging.getLogger("zklb.balancer")
 
@@ -39,6 +39,20 @@ DEFAULT_HEALTH = HealthPolicy()
 
 #: Seconds `PoolState._exclusive` waits at most for the hot path to give a picker's counts back.
 _OWNER_WAIT = 10.0
+
+
+def seed_load_trackers(slots: Mapping[str, StatsRecorder], pickers: Iterable[Picker | None]) -> None:
+    """Seed each distinct load-tracking picker among ``pickers`` with the in-flight counts of ``slots``.
+
+    The counts are read once for all of them (O(n)); a picker ignores the ids outside its snapshot.
+    Run while owning the counts, so that no request starts or ends meanwhile.
+    """
+    trackers = {id(p): p for p in pickers if p is not None and p.tracks_load}
+    if trackers:
+        in_flight = {key: slot.in_flight() for key, slot in slots.items()}
+        for picker in trackers.values():
+            picker.seed(in_flight)
+
 
 #: A request's end or outcome, as `PoolOutcomes._release` takes it (and queues it when it cannot lock):
 #: ``(server, slot, success, latency, counted, record)``.
@@ -219,12 +233,7 @@ class PoolState:
             self.service,
             _OWNER_WAIT,
         )
-        in_flight = {key: slot.in_flight() for key, slot in self._slots.items()}
-        for picker in {
-            id(p): p for p in (self._whole, self._preferred, self._picker, self._tls_mirror)
-        }.values():
-            if picker is not None and picker.tracks_load:
-                picker.seed(in_flight)  # ids outside a picker's snapshot are ignored
+        seed_load_trackers(self._slots, (self._whole, self._preferred, self._picker, self._tls_mirror))
 
     # -- life cycle ------------------------------------------------------------------------------
 
